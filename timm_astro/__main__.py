@@ -1,0 +1,5 @@
+import sys
+
+from timm_astro.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model definitions; importing this package registers them with timm."""
