@@ -1,0 +1,621 @@
+"""Galaxy10 DECals and Galaxy10 SDSS: from the published HDF5 file to data timm can train on.
+
+Two routes:
+
+* ``timm-astro galaxy10 prepare Galaxy10_DECals.h5 OUT_DIR`` writes an ImageFolder
+  (``OUT_DIR/train/<class>/*.png``, ``OUT_DIR/validation/<class>/*.png``) that timm's ``train.py`` reads
+  as-is with ``--data-dir OUT_DIR``, plus ``manifest.csv``, ``class_names.json`` and ``dataset.json``.
+* ``Galaxy10Dataset`` reads the HDF5 file directly (lazily, one handle per worker process) for code
+  that builds its own ``DataLoader`` and does not want a copy of the images on disk.
+
+Both use the same stratified, seeded split, so they agree on which image is in which split.
+
+h5py is an optional dependency (``pip install 'timm-astro[data]'``); it is imported only when a file is
+read, so ``import timm_astro`` never needs it.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch.utils.data
+from PIL import Image
+
+__all__ = [
+    'GALAXY10_DECALS_CLASSES', 'GALAXY10_SDSS_CLASSES', 'GALAXY10_DECALS_SHA256', 'Galaxy10Variant',
+    'GALAXY10_VARIANTS', 'Galaxy10Error', 'Galaxy10Dataset', 'stratified_split', 'prepare_galaxy10', 'main',
+]
+
+# Label order of Galaxy10_DECals.h5 (astroNN documentation, Leung & Bovy).
+GALAXY10_DECALS_CLASSES: Tuple[str, ...] = (
+    'Disturbed Galaxies',
+    'Merging Galaxies',
+    'Round Smooth Galaxies',
+    'In-between Round Smooth Galaxies',
+    'Cigar Shaped Smooth Galaxies',
+    'Barred Spiral Galaxies',
+    'Unbarred Tight Spiral Galaxies',
+    'Unbarred Loose Spiral Galaxies',
+    'Edge-on Galaxies without Bulge',
+    'Edge-on Galaxies with Bulge',
+)
+
+# Label order of the older Galaxy10.h5 made from SDSS images (astroNN documentation).
+GALAXY10_SDSS_CLASSES: Tuple[str, ...] = (
+    'Disk, Face-on, No Spiral',
+    'Smooth, Completely round',
+    'Smooth, in-between round',
+    'Smooth, Cigar shaped',
+    'Disk, Edge-on, Rounded Bulge',
+    'Disk, Edge-on, Boxy Bulge',
+    'Disk, Edge-on, No Bulge',
+    'Disk, Face-on, Tight Spiral',
+    'Disk, Face-on, Medium Spiral',
+    'Disk, Face-on, Loose Spiral',
+)
+
+# SHA-256 of Galaxy10_DECals.h5 as published on Zenodo (record 10845026).
+GALAXY10_DECALS_SHA256 = '19aefc477c41bb7f77ff07599a6b82a038dc042f889a111b0d4d98bb755c1571'
+
+IMAGES_KEY = 'images'
+LABELS_KEY = 'ans'
+METADATA_KEYS = ('ra', 'dec', 'redshift', 'pxscale')  # per-image columns copied to the manifest when present
+SPLITS = ('train', 'validation')
+MANIFEST_COLUMNS = ('index', 'label', 'class_name', 'split') + METADATA_KEYS + ('file',)
+CREATED_BY = 'timm-astro galaxy10 prepare'
+H5PY_HINT = "h5py is needed to read Galaxy10 HDF5 files: pip install 'timm-astro[data]' (or: pip install h5py)"
+IMAGE_FORMATS = {'png': ('PNG', '.png', {}), 'jpeg': ('JPEG', '.jpg', {'quality': 95, 'subsampling': 0})}
+DEFAULT_CHUNK_BYTES = 32 * 2 ** 20
+
+
+class Galaxy10Error(ValueError):
+    """A problem with the input file, the arguments or the output directory, worded for the user."""
+
+
+class MissingDependency(ImportError):
+    """h5py is not installed."""
+
+
+@dataclass(frozen=True)
+class Galaxy10Variant:
+    """One published Galaxy10 file: its name, image size and class names in label order."""
+    name: str
+    key: str
+    image_size: int
+    class_names: Tuple[str, ...]
+    published_count: int
+
+    @property
+    def class_folders(self) -> Tuple[str, ...]:
+        return tuple(class_folder_name(label, name) for label, name in enumerate(self.class_names))
+
+
+GALAXY10_VARIANTS: Dict[str, Galaxy10Variant] = {
+    'decals': Galaxy10Variant('Galaxy10 DECals', 'decals', 256, GALAXY10_DECALS_CLASSES, 17736),
+    'sdss': Galaxy10Variant('Galaxy10 SDSS', 'sdss', 69, GALAXY10_SDSS_CLASSES, 21785),
+}
+
+
+def class_folder_name(label: int, class_name: str) -> str:
+    """ASCII, lower-case folder name that starts with the label, e.g. ``8_edge_on_galaxies_without_bulge``.
+
+    With ten classes the single-digit prefix makes timm's alphabetical class indexing equal the label.
+    """
+    slug = re.sub(r'[^a-z0-9]+', '_', class_name.lower()).strip('_')
+    return f'{label}_{slug}'
+
+
+def _import_h5py():
+    try:
+        import h5py
+    except ImportError as e:
+        raise MissingDependency(H5PY_HINT) from e
+    return h5py
+
+
+@dataclass
+class _H5Info:
+    variant: Galaxy10Variant
+    labels: np.ndarray  # int64, one per image
+    num_images: int
+
+
+def _open_h5(path: Path):
+    """Open ``path`` read-only, turning missing, non-HDF5 and truncated files into a clear Galaxy10Error."""
+    h5py = _import_h5py()
+    if not path.exists():
+        raise Galaxy10Error(f'{path}: no such file; expected the Galaxy10 HDF5 file (e.g. Galaxy10_DECals.h5)')
+    if not path.is_file():
+        raise Galaxy10Error(f'{path}: not a file; expected the Galaxy10 HDF5 file (e.g. Galaxy10_DECals.h5)')
+    if not h5py.is_hdf5(str(path)):
+        raise Galaxy10Error(f'{path}: not an HDF5 file (no HDF5 signature); expected the Galaxy10 .h5 file')
+    try:
+        return h5py.File(str(path), 'r')
+    except OSError as e:
+        if 'truncated' in str(e):
+            raise Galaxy10Error(
+                f'{path}: the HDF5 file is truncated ({path.stat().st_size:,} bytes, shorter than its header '
+                f'says); the download is probably incomplete, download it again') from None
+        raise Galaxy10Error(f'{path}: cannot be opened as HDF5 ({e})') from None
+
+
+def _dataset(f, key: str, path: Path):
+    h5py = _import_h5py()
+    if key not in f:
+        found = ', '.join(repr(k) for k in f.keys()) or 'none'
+        raise Galaxy10Error(
+            f"{path}: no {key!r} dataset; a Galaxy10 file has {IMAGES_KEY!r} and {LABELS_KEY!r} (found: {found})")
+    ds = f[key]
+    if not isinstance(ds, h5py.Dataset):
+        raise Galaxy10Error(f'{path}: {key!r} is a group, expected a dataset')
+    return ds
+
+
+def _detect_variant(images, path: Path) -> Galaxy10Variant:
+    shape = tuple(images.shape)
+    expected = ' or '.join(f'(N, {v.image_size}, {v.image_size}, 3) for {v.name}' for v in GALAXY10_VARIANTS.values())
+    for variant in GALAXY10_VARIANTS.values():
+        if shape[1:] == (variant.image_size, variant.image_size, 3):
+            break
+    else:
+        raise Galaxy10Error(f'{path}: {IMAGES_KEY!r} has shape {shape}; expected {expected}')
+    if images.dtype != np.uint8:
+        raise Galaxy10Error(f'{path}: {IMAGES_KEY!r} has dtype {images.dtype}; expected uint8')
+    if shape[0] == 0:
+        raise Galaxy10Error(f'{path}: {IMAGES_KEY!r} holds no images')
+    return variant
+
+
+def _read_labels(ans, num_images: int, num_classes: int, path: Path) -> np.ndarray:
+    if ans.ndim != 1 or ans.shape[0] != num_images:
+        raise Galaxy10Error(
+            f'{path}: {LABELS_KEY!r} has shape {tuple(ans.shape)} but {IMAGES_KEY!r} holds {num_images} images; '
+            f'expected one label per image, shape ({num_images},)')
+    if ans.dtype.kind not in 'iuf':
+        raise Galaxy10Error(f'{path}: {LABELS_KEY!r} has dtype {ans.dtype}; expected integer labels')
+    raw = ans[()]
+    with np.errstate(invalid='ignore'):  # NaN labels are reported below, not warned about here
+        labels = raw.astype(np.int64)
+    bad = (labels < 0) | (labels >= num_classes)
+    if ans.dtype.kind == 'f':
+        bad |= ~np.isfinite(raw) | (raw != labels)  # 2.5 or NaN is not a label
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise Galaxy10Error(
+            f'{path}: labels out of range: {raw[first].item()!r} at index {first} ({int(bad.sum())} bad in all); '
+            f'expected integers 0-{num_classes - 1}')
+    return labels
+
+
+def _inspect(path: Path) -> _H5Info:
+    """Check keys, shapes, dtypes and label range, and read the labels; reads no image data."""
+    with _open_h5(path) as f:
+        images = _dataset(f, IMAGES_KEY, path)
+        ans = _dataset(f, LABELS_KEY, path)
+        variant = _detect_variant(images, path)
+        labels = _read_labels(ans, images.shape[0], len(variant.class_names), path)
+        for key in METADATA_KEYS:
+            if key in f and tuple(f[key].shape) != (images.shape[0],):
+                raise Galaxy10Error(
+                    f'{path}: {key!r} has shape {tuple(f[key].shape)}; expected ({images.shape[0]},), one per image')
+    return _H5Info(variant=variant, labels=labels, num_images=int(images.shape[0]))
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Boolean mask, True for the images that go to validation.
+
+    Each class contributes round(val_fraction * class size) images to validation (at least one and at most
+    all but one when the class has two or more). Images are ranked by a hash of (seed, index), so the split
+    depends only on the labels and the seed, not on the numpy version or platform.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise Galaxy10Error(f'val_fraction must be between 0 and 1 (exclusive), got {val_fraction}')
+    labels = np.asarray(labels)
+    rank = np.array([
+        int.from_bytes(hashlib.blake2b(f'{seed}:{i}'.encode(), digest_size=8).digest(), 'big')
+        for i in range(len(labels))], dtype=np.uint64)
+    is_val = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n_val = int(np.floor(val_fraction * len(members) + 0.5))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        else:
+            n_val = 0
+        order = members[np.lexsort((members, rank[members]))]
+        is_val[order[:n_val]] = True
+    return is_val
+
+
+class Galaxy10Dataset(torch.utils.data.Dataset):
+    """Galaxy10 (DECals or SDSS) read straight from the HDF5 file; items are ``(PIL RGB image, label)``.
+
+    The file is checked and its labels read once here; images are read on access through a handle opened
+    lazily in each process, so the dataset is safe with ``DataLoader(num_workers>0)``. ``split='train'`` or
+    ``'validation'`` selects the same stratified split that ``timm-astro galaxy10 prepare`` writes for the
+    same ``val_fraction`` and ``seed``; ``split=None`` gives every image. ``transform`` may be a timm
+    transform (``timm.data.create_transform``); timm's ``create_loader`` also sets it.
+    """
+
+    def __init__(
+            self,
+            path: Union[str, os.PathLike],
+            split: Optional[str] = None,
+            val_fraction: float = 0.1,
+            seed: int = 0,
+            transform: Optional[Callable] = None,
+            target_transform: Optional[Callable] = None,
+    ):
+        self.path = Path(path)
+        info = _inspect(self.path)
+        self.variant = info.variant
+        self.classes: List[str] = list(info.variant.class_names)
+        self.class_to_idx: Dict[str, int] = {name: i for i, name in enumerate(self.classes)}
+        if split is None:
+            self.indices = np.arange(info.num_images)
+        else:
+            split = {'val': 'validation', 'valid': 'validation'}.get(split, split)
+            if split not in SPLITS:
+                raise Galaxy10Error(f"split must be None, 'train' or 'validation', got {split!r}")
+            is_val = stratified_split(info.labels, val_fraction, seed)
+            self.indices = np.flatnonzero(is_val if split == 'validation' else ~is_val)
+        self.split = split
+        self.targets: List[int] = info.labels[self.indices].tolist()
+        self.transform = transform
+        self.target_transform = target_transform
+        self._file = None
+        self._images = None
+        self._pid: Optional[int] = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _image_array(self, index: int) -> np.ndarray:
+        if self._images is None or self._pid != os.getpid():
+            # a handle inherited from a parent process (fork) must not be shared: open our own
+            self._file = _import_h5py().File(str(self.path), 'r')
+            self._images = self._file[IMAGES_KEY]
+            self._pid = os.getpid()
+        return self._images[index]
+
+    def __getitem__(self, index: int):
+        img = Image.fromarray(self._image_array(int(self.indices[index])))
+        target = self.targets[index]
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_file=None, _images=None, _pid=None)  # open handles do not pickle; workers reopen
+        return state
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = self._images = self._pid = None
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({str(self.path)!r}, {self.variant.name}, split={self.split!r}, n={len(self)})'
+
+
+def _sha256(path: Path, progress: bool) -> str:
+    from tqdm import tqdm
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f, tqdm(
+            total=path.stat().st_size, unit='B', unit_scale=True, unit_divisor=1024, desc='sha256',
+            file=sys.stderr, disable=None if progress else True, leave=False) as bar:
+        for block in iter(lambda: f.read(4 * 2 ** 20), b''):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, expected: str, variant: Galaxy10Variant, progress: bool) -> None:
+    if expected == 'published':
+        if variant.key != 'decals':
+            raise Galaxy10Error(
+                f'no published checksum is known for {variant.name}; pass --sha256 HEX with the value to expect')
+        expected, source = GALAXY10_DECALS_SHA256, 'the published Galaxy10_DECals.h5, Zenodo record 10845026'
+    else:
+        source = 'given with --sha256'
+    actual = _sha256(path, progress)
+    if actual != expected.lower():
+        raise Galaxy10Error(
+            f'{path}: SHA-256 is {actual}, expected {expected.lower()} ({source}); the file is corrupt, '
+            f'incomplete or a different file')
+
+
+def _is_previous_output(out_dir: Path) -> bool:
+    try:
+        return json.loads((out_dir / 'dataset.json').read_text()).get('created_by') == CREATED_BY
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_out_dir(out_dir: Path, h5_path: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise Galaxy10Error(f'{out_dir}: exists and is not a directory; expected a new or empty output directory')
+    if out_dir.resolve() in h5_path.resolve().parents:
+        raise Galaxy10Error(f'{out_dir}: contains the input file {h5_path}; choose an output directory elsewhere')
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise Galaxy10Error(f'{out_dir}: directory is not empty; pass --overwrite to replace it')
+        if not _is_previous_output(out_dir):
+            raise Galaxy10Error(
+                f'{out_dir}: not empty and not an earlier output of {CREATED_BY!r} (no dataset.json of ours); '
+                f'--overwrite only replaces such outputs, remove or rename it yourself')
+
+
+def _read_metadata(path: Path, num_images: int) -> Dict[str, List[str]]:
+    """The manifest's per-image metadata columns as text ('' where the file lacks a column)."""
+    columns = {}
+    with _open_h5(path) as f:
+        for key in METADATA_KEYS:
+            # str() of a numpy scalar is its shortest round-trip form for its own dtype (float32 stays short)
+            columns[key] = [str(v) for v in f[key][()]] if key in f else [''] * num_images
+    return columns
+
+
+def _read_chunk_size(images, bytes_per_image: int, chunk_bytes: int) -> int:
+    """Images per read: about ``chunk_bytes``, a whole number of the file's HDF5 chunks when it is chunked."""
+    per_read = max(1, chunk_bytes // bytes_per_image)
+    if images.chunks:
+        rows = images.chunks[0]
+        per_read = max(rows, per_read // rows * rows)
+    return per_read
+
+
+def _save_image(array: np.ndarray, path: str, pil_format: str, options: dict) -> None:
+    Image.fromarray(array).save(path, format=pil_format, **options)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + '\n', encoding='utf-8')
+
+
+def _write_tree(
+        tmp_dir: Path, h5_path: Path, info: _H5Info, is_val: np.ndarray, image_format: str,
+        workers: int, chunk_bytes: int, progress: bool, seed: int, val_fraction: float,
+) -> Dict[str, int]:
+    from tqdm import tqdm
+    variant = info.variant
+    pil_format, ext, options = IMAGE_FORMATS[image_format]
+    width = max(5, len(str(info.num_images - 1)))
+    splits = np.where(is_val, 'validation', 'train')
+    files = [
+        f'{split}/{variant.class_folders[label]}/{index:0{width}d}{ext}'
+        for index, (split, label) in enumerate(zip(splits, info.labels))]
+    for split in SPLITS:
+        for folder in variant.class_folders:
+            (tmp_dir / split / folder).mkdir(parents=True)
+    metadata = _read_metadata(h5_path, info.num_images)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix='galaxy10') if workers > 1 else None
+    try:
+        with _open_h5(h5_path) as f, tqdm(
+                total=info.num_images, unit='img', desc=variant.name, file=sys.stderr,
+                disable=None if progress else True, dynamic_ncols=True) as bar:
+            images = f[IMAGES_KEY]
+            per_read = _read_chunk_size(images, int(np.prod(images.shape[1:])), chunk_bytes)
+            for start in range(0, info.num_images, per_read):
+                stop = min(start + per_read, info.num_images)
+                try:
+                    block = images[start:stop]
+                except OSError as e:
+                    raise Galaxy10Error(f'{h5_path}: cannot read images {start}-{stop - 1} ({e})') from None
+                paths = [str(tmp_dir / files[i]) for i in range(start, stop)]
+                save = lambda i: _save_image(block[i], paths[i], pil_format, options)  # noqa: E731
+                if pool is None:
+                    for i in range(len(paths)):
+                        save(i)
+                else:
+                    list(pool.map(save, range(len(paths))))
+                bar.update(stop - start)
+    except OSError as e:
+        raise Galaxy10Error(f'cannot write to {tmp_dir}: {e}') from None
+    finally:
+        if pool is not None:
+            # no thread may still be writing when the caller removes the temporary directory
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    with open(tmp_dir / 'manifest.csv', 'w', newline='', encoding='utf-8') as fh:
+        writer = csv.writer(fh, lineterminator='\n')
+        writer.writerow(MANIFEST_COLUMNS)
+        for index, label in enumerate(info.labels.tolist()):
+            writer.writerow(
+                [index, label, variant.class_names[label], splits[index]]
+                + [metadata[key][index] for key in METADATA_KEYS] + [files[index]])
+    _write_json(tmp_dir / 'class_names.json', list(variant.class_names))
+    counts = {split: int((splits == split).sum()) for split in SPLITS}
+    _write_json(tmp_dir / 'dataset.json', {
+        'created_by': CREATED_BY,
+        'dataset': variant.name,
+        'source': h5_path.name,
+        'num_images': info.num_images,
+        'num_classes': len(variant.class_names),
+        'image_size': [variant.image_size, variant.image_size],
+        'format': image_format,
+        'val_fraction': val_fraction,
+        'seed': seed,
+        'splits': counts,
+        'classes': [
+            {
+                'label': label, 'name': name, 'folder': variant.class_folders[label],
+                **{split: int(((info.labels == label) & (splits == split)).sum()) for split in SPLITS},
+            }
+            for label, name in enumerate(variant.class_names)],
+    })
+    return counts
+
+
+def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
+    """Rename the finished ``tmp_dir`` to ``out_dir``; an existing ``out_dir`` is removed only afterwards."""
+    old = None
+    if out_dir.exists():
+        if any(out_dir.iterdir()):
+            old = out_dir.with_name(f'.{out_dir.name}.old-{secrets.token_hex(4)}')
+            out_dir.rename(old)
+        else:
+            out_dir.rmdir()
+    try:
+        tmp_dir.rename(out_dir)
+    except BaseException:
+        if old is not None:
+            old.rename(out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class PrepareResult:
+    variant: Galaxy10Variant
+    out_dir: Path
+    num_images: int
+    splits: Dict[str, int]
+    seconds: float
+
+
+def prepare_galaxy10(
+        h5_path: Union[str, os.PathLike],
+        out_dir: Union[str, os.PathLike],
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        image_format: str = 'png',
+        sha256: Optional[str] = None,
+        overwrite: bool = False,
+        workers: Optional[int] = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: bool = True,
+) -> PrepareResult:
+    """Write the ImageFolder, manifest and class names for a Galaxy10 HDF5 file into ``out_dir``.
+
+    Everything is checked before anything is written; images are streamed ``chunk_bytes`` at a time into a
+    temporary directory beside ``out_dir`` that is renamed into place only when complete, and removed on
+    any failure or interrupt. ``sha256`` is a hex digest to expect, or ``'published'`` for the published
+    Galaxy10_DECals.h5. Same arguments, same bytes: nothing time- or machine-dependent goes into the files.
+    """
+    start_time = time.monotonic()
+    h5_path, out_dir = Path(h5_path), Path(out_dir)
+    if image_format not in IMAGE_FORMATS:
+        raise Galaxy10Error(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise Galaxy10Error(f'--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}')
+    workers = workers or min(8, os.cpu_count() or 1)
+    _import_h5py()
+    info = _inspect(h5_path)
+    _check_out_dir(out_dir, h5_path, overwrite)
+    if sha256:
+        _check_sha256(h5_path, sha256, info.variant, progress)
+    is_val = stratified_split(info.labels, val_fraction, seed)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.with_name(f'.{out_dir.name}.partial-{secrets.token_hex(4)}')
+    tmp_dir.mkdir()  # beside out_dir, so the final rename stays on one filesystem
+    try:
+        counts = _write_tree(
+            tmp_dir, h5_path, info, is_val, image_format, workers, chunk_bytes, progress, seed, val_fraction)
+        _move_into_place(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return PrepareResult(info.variant, out_dir, info.num_images, counts, time.monotonic() - start_time)
+
+
+def _sha256_arg(value: str) -> str:
+    if value == 'published' or re.fullmatch(r'[0-9a-fA-F]{64}', value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f'expected 64 hex digits (or nothing, for the published Galaxy10_DECals.h5 checksum), got {value!r}; '
+        f'a bare --sha256 goes after the file names')
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='timm-astro galaxy10', description='Galaxy10 DECals / SDSS tools.')
+    commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    prep = commands.add_parser(
+        'prepare', help='turn the published HDF5 file into an ImageFolder timm train.py reads',
+        description='Write OUT_DIR/train/<class>/, OUT_DIR/validation/<class>/, manifest.csv, class_names.json '
+                    'and dataset.json from Galaxy10_DECals.h5 (or the older SDSS Galaxy10.h5). '
+                    'Then: train.py --data-dir OUT_DIR --num-classes 10.')
+    prep.add_argument('h5', type=Path, metavar='H5', help='Galaxy10_DECals.h5 or Galaxy10.h5 (SDSS)')
+    prep.add_argument('out_dir', type=Path, metavar='OUT_DIR', help='output directory (must be new or empty)')
+    prep.add_argument('--val-fraction', type=float, default=0.1,
+                      help='fraction of each class put in validation (default: 0.1)')
+    prep.add_argument('--seed', type=int, default=0, help='seed of the stratified split (default: 0)')
+    prep.add_argument('--format', dest='image_format', choices=sorted(IMAGE_FORMATS), default='png',
+                      help='png is lossless (default); jpeg (quality 95) is ~5x smaller and faster to write')
+    prep.add_argument('--sha256', type=_sha256_arg, nargs='?', const='published', metavar='HEX',
+                      help='check the file first: against HEX, or without a value against the published '
+                           'Galaxy10_DECals.h5 checksum')
+    prep.add_argument('--overwrite', action='store_true',
+                      help='replace OUT_DIR if it holds an earlier output of this command')
+    prep.add_argument('--workers', type=int, default=None,
+                      help='image-encoding threads (default: CPU count, at most 8); does not change the output')
+    prep.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``timm-astro galaxy10 prepare H5 OUT_DIR [...]``; returns the exit code."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse has already printed
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    if args.workers is not None and args.workers < 1:
+        print(f'{parser.prog}: error: --workers must be at least 1, got {args.workers}', file=sys.stderr)
+        return 2
+
+    restore_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        # treat a polite kill like Ctrl-C, so the temporary directory is removed either way
+        restore_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        result = prepare_galaxy10(
+            args.h5, args.out_dir, val_fraction=args.val_fraction, seed=args.seed,
+            image_format=args.image_format, sha256=args.sha256, overwrite=args.overwrite,
+            workers=args.workers, progress=not args.no_progress)
+    except MissingDependency as e:
+        print(f'timm-astro galaxy10: {e}', file=sys.stderr)
+        return 2
+    except Galaxy10Error as e:
+        print(f'timm-astro galaxy10: error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'timm-astro galaxy10: interrupted; {args.out_dir} was not written', file=sys.stderr)
+        return 130
+    finally:
+        if restore_sigterm is not None:
+            signal.signal(signal.SIGTERM, restore_sigterm)
+
+    n, s = result.num_images, result.seconds
+    print(f"{result.variant.name}: {n} images -> {result.out_dir} (train {result.splits['train']}, "
+          f"validation {result.splits['validation']}) in {s:.1f} s, {n / max(s, 1e-9):.0f} images/s")
+    print(f'train with: train.py --data-dir {result.out_dir} --num-classes {len(result.variant.class_names)}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
