@@ -78,7 +78,7 @@ MANIFEST_COLUMNS = ('index', 'label', 'class_name', 'split') + METADATA_KEYS + (
 CREATED_BY = 'timm-astro galaxy10 prepare'
 H5PY_HINT = "h5py is needed to read Galaxy10 HDF5 files: pip install 'timm-astro[data]' (or: pip install h5py)"
 IMAGE_FORMATS = {'png': ('PNG', '.png', {}), 'jpeg': ('JPEG', '.jpg', {'quality': 95, 'subsampling': 0})}
-DEFAULT_CHUNK_BYTES = 32 * 2 ** 20
+DEFAULT_CHUNK_BYTES = 16 * 2 ** 20
 
 
 class Galaxy10Error(ValueError):
@@ -410,13 +410,15 @@ def _write_tree(
     try:
         with _open_h5(h5_path) as f, tqdm(
                 total=info.num_images, unit='img', desc=variant.name, file=sys.stderr,
-                disable=None if progress else True, dynamic_ncols=True) as bar:
+                disable=None if progress else True) as bar:
             images = f[IMAGES_KEY]
             per_read = _read_chunk_size(images, int(np.prod(images.shape[1:])), chunk_bytes)
+            buffer = np.empty((min(per_read, info.num_images),) + images.shape[1:], dtype=np.uint8)  # reused
             for start in range(0, info.num_images, per_read):
                 stop = min(start + per_read, info.num_images)
+                block = buffer[:stop - start]
                 try:
-                    block = images[start:stop]
+                    images.read_direct(block, np.s_[start:stop], np.s_[0:stop - start])
                 except OSError as e:
                     raise Galaxy10Error(f'{h5_path}: cannot read images {start}-{stop - 1} ({e})') from None
                 paths = [str(tmp_dir / files[i]) for i in range(start, stop)]

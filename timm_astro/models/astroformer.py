@@ -128,6 +128,12 @@ class Astroformer(MaxxVit):
         x = self.norm(x)
         return x
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # defined here (not inherited) so torch.fx autowraps this module's input check
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
 
 model_cfgs = dict(
     astroformer_0=astroformer_cfg((96, 192, 384, 768), (2, 3, 5, 2), stem_width=64, head_hidden_size=768),

@@ -54,6 +54,20 @@ class AstroformerFullResCfg:
     key_context_kernel: int = 3  # depthwise conv r joining the keys, 0 to disable
 
 
+class Stem(nn.Module):
+    """S0: Conv3x3-BN-act twice, stride 1."""
+
+    def __init__(self, in_chs: int, out_chs: int, act_layer: str = 'relu', device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        act_layer = get_act_layer(act_layer)
+        self.conv1 = ConvNormAct(in_chs, out_chs, 3, act_layer=act_layer, **dd)
+        self.conv2 = ConvNormAct(out_chs, out_chs, 3, act_layer=act_layer, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
+
+
 class StageBlock(nn.Module):
     """D-Conv -> BN -> act -> E-Conv -> BN with a residual skip; never changes the spatial size."""
 
@@ -204,7 +218,6 @@ class AstroformerFullRes(nn.Module):
         if kwargs:
             cfg = replace(cfg, **kwargs)  # TypeError for anything that is not a cfg field
         dd = {'device': device, 'dtype': dtype}
-        act_layer = get_act_layer(cfg.act_layer)
         self.model_name = 'astroformer'  # set to the registered name by the factory, used in error messages
         self.img_size = to_2tuple(img_size)
         self.in_chans = in_chans
@@ -213,10 +226,7 @@ class AstroformerFullRes(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        self.stem = nn.Sequential(
-            ConvNormAct(in_chans, cfg.stem_width, 3, act_layer=act_layer, **dd),
-            ConvNormAct(cfg.stem_width, cfg.stem_width, 3, act_layer=act_layer, **dd),
-        )
+        self.stem = Stem(in_chans, cfg.stem_width, act_layer=cfg.act_layer, **dd)
         self.feature_info = [dict(num_chs=cfg.stem_width, reduction=1, module='stem')]
 
         dpr = calculate_drop_path_rates(drop_path_rate, list(cfg.depths) + [1], stagewise=True)  # per block
@@ -381,7 +391,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
         'num_classes': 1000, 'input_size': (3, 32, 32), 'pool_size': (32, 32),
         'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': False,
         'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5),
-        'first_conv': 'stem.0.conv', 'classifier': 'head.fc',
+        'first_conv': 'stem.conv1.conv', 'classifier': 'head.fc',
         'license': 'apache-2.0', 'paper_ids': 'arXiv:2304.05350',
         'paper_name': 'Astroformer: More Data Might not be all you need for Classification',
         **kwargs,
