@@ -332,7 +332,11 @@ def _model_card(
                 shown[str(key)] = _fmt(value)
         details['Validation results (train.py summary.csv)' if 'epochs' in metrics else 'Results'] = shown
     if train_args:
-        recipe = {k: _fmt(train_args[k]) for k in RECIPE_KEYS if train_args.get(k) not in (None, '', [], {})}
+        shown_if = {'lr_base': not train_args.get('lr'), 'amp_dtype': train_args.get('amp'),
+                    'mixup_prob': train_args.get('mixup') or train_args.get('cutmix'),
+                    'model_ema_decay': train_args.get('model_ema'), 'warmup_lr': train_args.get('warmup_epochs')}
+        recipe = {k: _fmt(train_args[k]) for k in RECIPE_KEYS
+                  if train_args.get(k) not in (None, '', [], {}) and shown_if.get(k, True)}
         if recipe:
             details['Training recipe (timm train.py args)'] = recipe
 
@@ -639,11 +643,14 @@ def push(
 
 def _cli_errors(prog: str, func, secret: Optional[str] = None) -> int:
     """Run ``func``; expected failures become one line on stderr and exit code 2 (never a traceback or token)."""
+    import importlib
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-    try:
-        import httpx2 as _httpx
-    except ImportError:  # older huggingface_hub use httpx
-        import httpx as _httpx
+    transport_errors: Tuple[type, ...] = ()
+    for client in ('httpx2', 'httpx'):  # huggingface_hub's HTTP client by version (requests' errors are OSErrors)
+        try:
+            transport_errors += (importlib.import_module(client).HTTPError,)
+        except (ImportError, AttributeError):
+            pass
 
     def say(message: str) -> int:
         if secret:
@@ -663,7 +670,7 @@ def _cli_errors(prog: str, func, secret: Optional[str] = None) -> int:
         if status in (401, 403):
             return say(f'the Hub refused the token (HTTP {status}): check HF_TOKEN or `hf auth login`; {detail}')
         return say(f'the Hub answered with an error, nothing was committed: {detail}')
-    except _httpx.HTTPError as e:
+    except transport_errors as e:
         from huggingface_hub import constants
         return say(f'cannot reach {constants.ENDPOINT} ({type(e).__name__}: {e}); nothing was committed')
     except OSError as e:
