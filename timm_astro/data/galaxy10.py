@@ -149,7 +149,8 @@ def _open_h5(path: Path):
             raise Galaxy10Error(
                 f'{path}: the HDF5 file is truncated ({path.stat().st_size:,} bytes, shorter than its header '
                 f'says); the download is probably incomplete, download it again') from None
-        raise Galaxy10Error(f'{path}: cannot be opened as HDF5 ({e})') from None
+        hint = '; on a network filesystem try HDF5_USE_FILE_LOCKING=FALSE' if 'lock' in str(e) else ''
+        raise Galaxy10Error(f'{path}: cannot be opened as HDF5 ({e}){hint}') from None
 
 
 def _dataset(f, key: str, path: Path):
@@ -367,8 +368,11 @@ def _read_metadata(path: Path, num_images: int) -> Dict[str, List[str]]:
     columns = {}
     with _open_h5(path) as f:
         for key in METADATA_KEYS:
-            # str() of a numpy scalar is its shortest round-trip form for its own dtype (float32 stays short)
-            columns[key] = [str(v) for v in f[key][()]] if key in f else [''] * num_images
+            try:
+                # str() of a numpy scalar is its shortest round-trip form for its own dtype (float32 stays short)
+                columns[key] = [str(v) for v in f[key][()]] if key in f else [''] * num_images
+            except OSError as e:
+                raise Galaxy10Error(f'{path}: cannot read {key!r} ({e})') from None
     return columns
 
 
@@ -429,8 +433,6 @@ def _write_tree(
                 else:
                     list(pool.map(save, range(len(paths))))
                 bar.update(stop - start)
-    except OSError as e:
-        raise Galaxy10Error(f'cannot write to {tmp_dir}: {e}') from None
     finally:
         if pool is not None:
             # no thread may still be writing when the caller removes the temporary directory
@@ -531,9 +533,12 @@ def prepare_galaxy10(
     tmp_dir = out_dir.with_name(f'.{out_dir.name}.partial-{secrets.token_hex(4)}')
     tmp_dir.mkdir()  # beside out_dir, so the final rename stays on one filesystem
     try:
-        counts = _write_tree(
-            tmp_dir, h5_path, info, is_val, image_format, workers, chunk_bytes, progress, seed, val_fraction)
-        _move_into_place(tmp_dir, out_dir)
+        try:
+            counts = _write_tree(
+                tmp_dir, h5_path, info, is_val, image_format, workers, chunk_bytes, progress, seed, val_fraction)
+            _move_into_place(tmp_dir, out_dir)
+        except OSError as e:  # disk full, permissions, ...
+            raise Galaxy10Error(f'cannot write {out_dir}: {e}') from None
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -558,12 +563,13 @@ def _build_parser() -> argparse.ArgumentParser:
                     'and dataset.json from Galaxy10_DECals.h5 (or the older SDSS Galaxy10.h5). '
                     'Then: train.py --data-dir OUT_DIR --num-classes 10.')
     prep.add_argument('h5', type=Path, metavar='H5', help='Galaxy10_DECals.h5 or Galaxy10.h5 (SDSS)')
-    prep.add_argument('out_dir', type=Path, metavar='OUT_DIR', help='output directory (must be new or empty)')
+    prep.add_argument('out_dir', type=Path, metavar='OUT_DIR',
+                      help='output directory: new, empty, or (with --overwrite) an earlier output')
     prep.add_argument('--val-fraction', type=float, default=0.1,
                       help='fraction of each class put in validation (default: 0.1)')
     prep.add_argument('--seed', type=int, default=0, help='seed of the stratified split (default: 0)')
     prep.add_argument('--format', dest='image_format', choices=sorted(IMAGE_FORMATS), default='png',
-                      help='png is lossless (default); jpeg (quality 95) is ~5x smaller and faster to write')
+                      help='png is lossless (default); jpeg (quality 95) is ~3x smaller and much faster to write')
     prep.add_argument('--sha256', type=_sha256_arg, nargs='?', const='published', metavar='HEX',
                       help='check the file first: against HEX, or without a value against the published '
                            'Galaxy10_DECals.h5 checksum')
