@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.jit import Final
 
-from timm.layers import RelPosBias, trunc_normal_, use_fused_attn
+from timm.layers import RelPosBias, resize_rel_pos_bias_table, trunc_normal_, use_fused_attn
 from timm.models import register_notrace_module
 
 __all__ = ['RelPosBiasTable', 'RelPosBiasFourier', 'RelativeAttention2d', 'relative_offset_index']
@@ -88,7 +88,6 @@ class RelPosBiasTable(RelPosBias):
         key = prefix + 'relative_position_bias_table'
         table = state_dict.get(key, None)
         if table is not None and table.shape != self.relative_position_bias_table.shape:
-            from timm.layers import resize_rel_pos_bias_table
             state_dict[key] = resize_rel_pos_bias_table(
                 table, new_window_size=self.window_size, new_bias_shape=self.relative_position_bias_table.shape)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
