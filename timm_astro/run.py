@@ -74,12 +74,15 @@ def count_classes(folder: str) -> Tuple[List[str], bool]:
     return sorted(classes), loose_images
 
 
+# Split names timm's create_dataset treats as the same folder (it tries the exact name first, then these).
+_SPLIT_SYNONYMS = (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'evaluation'))
+
+
 def _search_split(root: str, split: str) -> str:
     """The folder timm's create_dataset reads for ``split`` under ``root`` (root itself when none matches)."""
-    from timm.data.dataset_factory import _EVAL_SYNONYM, _TRAIN_SYNONYM
     name = split.split('[')[0]
     candidates = [name]
-    for synonyms in (_TRAIN_SYNONYM, _EVAL_SYNONYM):
+    for synonyms in _SPLIT_SYNONYMS:
         if name in synonyms:
             candidates += list(synonyms)
     for candidate in candidates:
@@ -89,6 +92,7 @@ def _search_split(root: str, split: str) -> str:
 
 
 def _check_model(name: Any, args: argparse.Namespace) -> List[str]:
+    """timm only says "Unknown model"; name near matches and the registered Astroformer models as well."""
     import timm
     if not isinstance(name, str) or not name or getattr(args, 'model_list', None):
         return []
@@ -208,7 +212,8 @@ def _parse_script_args(
     cannot be loaded; the script itself then reports its own problems. Raises ValueError for an unreadable config.
     """
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with _as_script(script, script_argv), \
+                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             namespace = runpy.run_path(script, run_name='__timm_astro_check__')
     except (Exception, SystemExit):
         return None, {}, None
@@ -240,24 +245,33 @@ def _parse_script_args(
     return args, config, option_names
 
 
-def run_script(script: str, script_argv: List[str]) -> int:
-    """Run ``script`` as ``__main__`` with ``sys.argv`` and ``sys.path[0]`` as ``python SCRIPT ARGS`` would set them."""
+@contextlib.contextmanager
+def _as_script(script: str, script_argv: List[str]):
+    """Set ``sys.argv`` and ``sys.path[0]`` as ``python SCRIPT ARGS`` would (restored on exit)."""
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [script] + list(script_argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     try:
-        runpy.run_path(script, run_name='__main__')
+        yield
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+
+
+def run_script(script: str, script_argv: List[str]) -> int:
+    """Run ``script`` as ``__main__``, like ``python SCRIPT ARGS``; returns its exit code."""
+    try:
+        with _as_script(script, script_argv):
+            runpy.run_path(script, run_name='__main__')
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             return e.code or 0
         print(e.code, file=sys.stderr)
         return 1
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``timm-astro run [--no-check] SCRIPT.py [ARGS...]``: check the arguments, then run the script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     check = True
     if argv and argv[0] == '--no-check':
