@@ -25,8 +25,10 @@ from timm.data import Mixup, create_dataset, create_loader, resolve_model_data_c
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.utils import random_seed
 
-from timm_astro.data.synthetic_galaxies import CLASS_NAMES, LABEL_NAMES, write_image_folder
+from timm_astro.data.synthetic_galaxies import (
+    CLASS_NAMES, LABEL_NAMES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, write_image_folder)
 
 RAND_AUGMENT = 'rand-m9-mstd0.5'  # timm's 'inc1' posterize crashes under Pillow 13 (bits=0), so no inc1
 
@@ -42,8 +44,8 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--output', default='astroformer-demo', help='output directory (must be empty or new)')
     parser.add_argument('--overwrite', action='store_true', help='replace a non-empty output directory')
     parser.add_argument('--model', default='astroformer_small', help='timm model name')
-    parser.add_argument('--epochs', type=int, default=8)
-    parser.add_argument('--images-per-class', type=int, default=48, help='training images per class')
+    parser.add_argument('--epochs', type=int, default=7)
+    parser.add_argument('--images-per-class', type=int, default=40, help='training images per class')
     parser.add_argument('--val-per-class', type=int, default=24, help='validation images per class')
     parser.add_argument('--image-size', type=int, default=16, help='rendered image size in pixels (16..512)')
     parser.add_argument('--batch-size', type=int, default=32)
@@ -55,18 +57,32 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     for name in ('epochs', 'images_per_class', 'val_per_class', 'batch_size'):
         if getattr(args, name) < 1:
             raise DemoError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
+    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise DemoError(f'--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.image_size}')
+    if args.lr <= 0 or not 0 <= args.drop_path < 1 or args.workers < 0:
+        raise DemoError('--lr must be positive, --drop-path in [0, 1) and --workers at least 0')
     if args.model not in timm.list_models():
         raise DemoError(f'unknown model {args.model!r}; Astroformer models: {", ".join(timm.list_models("astroformer*"))}')
     return args
 
 
+# everything the demo writes into --output; --overwrite removes these and nothing else
+OUTPUTS = ('data', 'model', 'contact_sheet.png', 'training_curves.png', 'summary.json')
+
+
 def _prepare_output(output: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output directory unless ``overwrite``; then remove only the demo's own outputs."""
     if output.exists() and not output.is_dir():
         raise DemoError(f'{output} exists and is not a directory')
     if output.is_dir() and any(output.iterdir()):
         if not overwrite:
             raise DemoError(f'{output} is not empty; pass --overwrite to replace it, or choose another --output')
-        shutil.rmtree(output)
+        for name in OUTPUTS:
+            path = output / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
     output.mkdir(parents=True, exist_ok=True)
 
 
@@ -125,7 +141,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     start = time.time()
     output = Path(args.output)
     _prepare_output(output, args.overwrite)
-    torch.manual_seed(args.seed)
+    random_seed(args.seed)  # python, numpy and torch, as train.py does: RandAugment draws from python's random
     num_classes = len(CLASS_NAMES)
 
     data_root = output / 'data'
@@ -135,6 +151,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         data_root, args.images_per_class, num_val_per_class=args.val_per_class, seed=args.seed,
         image_size=args.image_size)
     contact_sheet(data_root, output / 'contact_sheet.png')
+    data_seconds = time.time() - start
 
     model = timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path)
     data_config = resolve_model_data_config(model)
@@ -198,7 +215,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     summary = dict(
         model=args.model, validation_top1=history[-1]['val_top1'], chance=100.0 / num_classes,
         epochs=num_epochs, train_images=len(train_set), val_images=len(val_set), image_size=args.image_size,
-        seconds=round(time.time() - start, 1), reload_identical=identical, history=history)
+        seconds=round(time.time() - start, 1), data_seconds=round(data_seconds, 1), reload_identical=identical, history=history)
     (output / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
     print(f"\nvalidation top-1 {summary['validation_top1']:.1f}% ({len(CLASS_NAMES)} classes, chance "
           f"{summary['chance']:.1f}%) after {num_epochs} epochs on {len(train_set)} images, {summary['seconds']} s")
