@@ -1,0 +1,102 @@
+"""The alternatives Astroformer is measured against, built so that rows compare like with like.
+
+* ``PlainRelativeAttention`` / ``plain_design_model``: the design document's S4 (../shared/design/001) written the
+  direct way a user would write it: a QKV projection plus a depthwise convolution giving the position term,
+  ``softmax(q^T k + q^T r) v`` with ``r = DWConv(x)`` ("combined standard and relative attention weights applied to
+  values"), one head, no 1/sqrt(d) scaling, no norm, no MLP, no output projection, the N x N matrices materialised
+  with ``torch.bmm``, plus the residual. The whole model is astroformer_base with its transformer stage replaced by
+  this block, so stem, convolution stages and head are identical.
+* ``official_maxxvit``: timm's own ``MaxxVit`` built with the official astroformer_N layout (the same parameters;
+  its relative position bias is fixed at construction, so it runs only at the size it was built for).
+* ``set_attention_impl``: switch every attention module of a model between the fused kernel and the explicit
+  ``softmax(logits) @ v`` that materialises the full N x N matrix (the same design implemented naively).
+* ``contiguous_attention_inputs``: a benchmark-side patch that hands the fused kernel contiguous q, k, v (as timm's
+  MaxxVit does). torch's CPU flash kernel needs a unit stride on the last dimension and otherwise silently falls
+  back to the math path, which materialises N x N; the patch shows what a fix in the model code would buy, and
+  makes ``rel_pos_freqs=0`` the true bias-free fused ceiling.
+"""
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+import timm
+import timm_astro  # noqa: F401  registers the astroformer models
+from timm.models.maxxvit import MaxxVit
+from timm_astro.layers import RelativeAttention2d
+from timm_astro.models.astroformer import model_cfgs as paper_cfgs
+
+__all__ = [
+    'PlainRelativeAttention', 'plain_design_model', 'official_maxxvit', 'set_attention_impl',
+    'contiguous_attention_inputs',
+]
+
+
+class PlainRelativeAttention(nn.Module):
+    """The design document's relative attention, written plainly: one head over all H*W positions of an NCHW map.
+
+    ``out = x + V softmax(Q^T K + Q^T R)^T`` with ``Q, K, V`` a 1x1 projection of ``x`` and ``R`` a depthwise
+    convolution of ``x`` (the position term). Both ``[B, N, N]`` weight matrices are materialised and summed.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__()
+        self.qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.position = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(x).flatten(2).chunk(3, dim=1)  # each [B, C, N]
+        r = self.position(x).flatten(2)
+        q_t = q.transpose(1, 2)
+        standard = torch.bmm(q_t, k)  # [B, N, N]
+        relative = torch.bmm(q_t, r)  # [B, N, N]
+        attn = (standard + relative).softmax(dim=-1)
+        out = torch.bmm(v, attn.transpose(1, 2))  # [B, C, N]
+        return x + out.view(B, C, H, W)
+
+
+def plain_design_model(num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """astroformer_base (stem, convolution stages, head) with S4 replaced by ``PlainRelativeAttention``."""
+    model = timm.create_model('astroformer_base', num_classes=num_classes, **kwargs)
+    dim = model.num_features
+    model.stages[-1] = PlainRelativeAttention(dim)
+    return model
+
+
+def official_maxxvit(name: str, num_classes: int = 10, img_size: int = 224, **kwargs: Any) -> MaxxVit:
+    """timm's MaxxVit with the official layout of ``name`` (astroformer_0 ... astroformer_5), built for img_size."""
+    return MaxxVit(paper_cfgs[name], img_size=img_size, num_classes=num_classes, **kwargs)
+
+
+def set_attention_impl(model: nn.Module, fused: Optional[bool]) -> int:
+    """Set ``fused_attn`` on every module that has it (timm's and ours); None leaves them alone.
+
+    Returns the number of attention modules found, so callers can check the switch reached something.
+    """
+    found = 0
+    for module in model.modules():
+        if hasattr(module, 'fused_attn'):
+            found += 1
+            if fused is not None:
+                module.fused_attn = fused
+    return found
+
+
+def contiguous_attention_inputs(model: nn.Module) -> int:
+    """Make every ``RelativeAttention2d`` pass contiguous q, k, v to the fused kernel; returns how many were patched.
+
+    Patches the instances (the ``rel_pos`` module's ``fused_inputs``), never the library code.
+    """
+    patched = 0
+    for module in model.modules():
+        if isinstance(module, RelativeAttention2d):
+            original = module.rel_pos.fused_inputs
+
+            def fused_inputs(*args: Any, _original=original, **kwargs: Any):
+                q, k, v, mask = _original(*args, **kwargs)
+                return q.contiguous(), k.contiguous(), v.contiguous(), mask
+
+            module.rel_pos.fused_inputs = fused_inputs
+            patched += 1
+    return patched

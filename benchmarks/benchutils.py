@@ -1,0 +1,137 @@
+"""Helpers shared by the benchmark scripts: the machine's description, resident-memory probes, small formatters."""
+import ctypes
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = [
+    'machine_info', 'command_line', 'read_status_kb', 'reset_peak_rss', 'release_free_memory', 'fmt_num',
+    'markdown_table', 'matmul_gflops',
+]
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would retype it."""
+    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else ''
+    return ' '.join(shlex.quote(a) for a in ['python', script, *sys.argv[1:]])
+
+
+def _lscpu_field(name: str) -> Optional[str]:
+    try:
+        out = subprocess.run(['lscpu'], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(rf'^{re.escape(name)}:\s*(.+)$', out, flags=re.M)
+    return match.group(1).strip() if match else None
+
+
+def _cpu_flags(wanted: Sequence[str] = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')) -> List[str]:
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = set(re.search(r'^flags\s*:\s*(.*)$', f.read(), flags=re.M).group(1).split())
+    except (OSError, AttributeError):
+        return []
+    return [flag for flag in wanted if flag in flags]
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 512, min_time: float = 0.3, device: str = 'cpu') -> float:
+    """Dense matmul speed right now (a contention gauge: compare fp32 with bf16, and with other runs)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b  # warm-up
+    count, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        count += 1
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return 2 * size ** 3 * count / elapsed / 1e9
+
+
+def machine_info(device: str = 'cpu') -> Dict[str, Any]:
+    """What the numbers were measured on: CPU model and flags, cores, memory, library versions, load."""
+    import timm
+    import timm_astro
+    info: Dict[str, Any] = {
+        'cpu_model': _lscpu_field('Model name') or platform.processor(),
+        'cpu_flags': _cpu_flags(),
+        'torch_cpu_capability': torch.backends.cpu.get_cpu_capability(),
+        'logical_cpus': os.cpu_count(),
+        'torch_threads': torch.get_num_threads(),
+        'mem_total_gb': round(read_status_kb('MemTotal', '/proc/meminfo') / 2 ** 20, 1),
+        'python': platform.python_version(),
+        'torch': torch.__version__,
+        'timm': timm.__version__,
+        'timm_astro': timm_astro.__version__,
+        'platform': platform.platform(),
+        'loadavg_start': os.getloadavg() if hasattr(os, 'getloadavg') else None,
+        'device': device,
+    }
+    if device.startswith('cuda') and torch.cuda.is_available():
+        info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+
+def read_status_kb(field: str, path: str = '/proc/self/status') -> int:
+    """A ``kB`` field of a /proc status file (VmRSS, VmHWM, MemTotal, MemAvailable), 0 if unavailable."""
+    try:
+        with open(path) as f:
+            match = re.search(rf'^{field}:\s+(\d+)\s*kB', f.read(), flags=re.M)
+    except OSError:
+        return 0
+    return int(match.group(1)) if match else 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident high-water mark (VmHWM) to its current RSS; False where unsupported."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        return False
+    return True
+
+
+_LIBC = None
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``) so RSS baselines hold no stale activations."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL('libc.so.6')
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+def fmt_num(value: Optional[float], digits: int = 2) -> str:
+    """A number for a table, with enough significant digits for small and large values alike."""
+    if value is None:
+        return '—'
+    if value == 0:
+        return '0'
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f'{value:,.0f}'
+    if magnitude >= 10:
+        return f'{value:.1f}'
+    return f'{value:.{digits}f}' if magnitude >= 0.01 else f'{value:.2g}'
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
+    lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
+    return '\n'.join(lines) + '\n'
