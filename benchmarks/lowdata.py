@@ -52,8 +52,10 @@ MEAN = STD = (0.5, 0.5, 0.5)  # one normalisation for every model: nothing here 
 
 def synthetic_dataset(cache_dir: Path, train_per_class: int, val_per_class: int, img_size: int, seed: int = 0) -> Path:
     """The package's synthetic galaxies as an ImageFolder, generated once per setting."""
-    from timm_astro.data.synthetic_galaxies import write_image_folder
-    root = cache_dir / f'synthetic_galaxies_{img_size}px_{train_per_class}x{val_per_class}_seed{seed}'
+    from timm_astro.data.synthetic_galaxies import GENERATOR_VERSION, write_image_folder
+    # the generator's version is in the name: images from an older generator are never reused
+    root = cache_dir / (f'synthetic_galaxies_v{GENERATOR_VERSION}_{img_size}px_{train_per_class}x{val_per_class}'
+                        f'_seed{seed}')
     done = root / '.complete'
     if not done.exists():
         write_image_folder(root, train_per_class, num_val_per_class=val_per_class, seed=seed, image_size=img_size,
@@ -135,6 +137,8 @@ def train_one(
                 break
             images, targets = images.to(device), targets.to(device)
             if mixup:
+                if images.shape[0] % 2:  # mixup pairs a batch with its flip: it needs an even batch
+                    images, targets = images[:-1], targets[:-1]
                 images, targets = mixup(images, targets)
             with autocast():
                 loss = criterion(model(images).float(), targets)
@@ -236,17 +240,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--train-split', default='train')
     parser.add_argument('--val-split', default='validation')
     parser.add_argument('--cache-dir', type=Path, default=Path.home() / '.cache' / 'timm-astro' / 'benchmarks')
-    parser.add_argument('--synthetic-train', type=int, default=200, help='synthetic training images per class')
+    parser.add_argument('--synthetic-train', type=int, default=100, help='synthetic training images per class')
     parser.add_argument('--synthetic-val', type=int, default=50, help='synthetic validation images per class')
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS))
-    parser.add_argument('--shots', nargs='+', default=['10', '50', 'all'], help="images per class, or 'all'")
+    parser.add_argument('--shots', nargs='+', default=['10', '30', 'all'], help="images per class, or 'all'")
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     parser.add_argument('--img-size', type=int, default=32)
-    parser.add_argument('--epochs', type=int, default=3)
-    parser.add_argument('--min-steps', type=int, default=40, help='optimizer steps at least, however small the subset')
+    parser.add_argument('--epochs', type=int, default=2)
+    parser.add_argument('--min-steps', type=int, default=30, help='optimizer steps at least, however small the subset')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--opt', default='adamw')
-    parser.add_argument('--lr', type=float, default=1e-3)
+    parser.add_argument('--lr', type=float, default=2e-3)
     parser.add_argument('--weight-decay', type=float, default=0.05)
     parser.add_argument('--warmup-epochs', type=int, default=1)
     parser.add_argument('--smoothing', type=float, default=0.1)
@@ -256,6 +260,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--amp', action='store_true', help='bf16 autocast')
     parser.add_argument('--workers', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     parser.add_argument('--out-dir', type=Path, default=HERE / 'results')
     parser.add_argument('--name', default='lowdata')
     parser.add_argument('--no-plot', action='store_true')
@@ -263,6 +268,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     started = time.time()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = args.data_dir or synthetic_dataset(args.cache_dir, args.synthetic_train, args.synthetic_val, args.img_size)
     train_tf = create_transform(
         args.img_size, is_training=True, scale=(0.6, 1.0), hflip=0.5, vflip=0.5, color_jitter=0.,

@@ -535,6 +535,19 @@ def ratios(entry: Dict[str, Any], base: Optional[Dict[str, Any]]) -> Dict[str, O
     }
 
 
+def verdict(check: Dict[str, Any]) -> str:
+    """'met', 'missed', or 'within noise' when the median misses the limit but the ratio's range (worst to best
+    repeat) reaches it: the repeats cannot tell the two rows apart at that limit. '' for rows without a limit."""
+    if check['met'] is None:
+        return ''
+    if check['met']:
+        return 'met'
+    best = check['range'] and (max(check['range']) if check['higher_is_better'] else min(check['range']))
+    if best and (best >= check['limit'] if check['higher_is_better'] else best <= check['limit']):
+        return 'within noise'
+    return 'missed'
+
+
 def check_targets(summaries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The issue's targets, wherever the rows involved were measured."""
     index = {(s['key'], s['dtype']): s for s in summaries}
@@ -594,7 +607,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
     m, settings = report['machine'], report['settings']
     lines = [
         f"# Speed and memory ({m['device']})\n",
-        f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['torch_threads']} torch threads), "
+        f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({settings.get('threads') or m['torch_threads']} "
+        f"torch threads per row), "
         f"{m['mem_total_gb']} GB RAM, torch CPU capability {m['torch_cpu_capability']} (flags: "
         f"{', '.join(m['cpu_flags']) or 'none'}); torch {m['torch']}, timm {m['timm']}, timm-astro {m['timm_astro']}, "
         f"Python {m['python']}." + (f" GPU: {m['gpu']}." if m.get('gpu') else '') + '\n',
@@ -615,6 +629,9 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"to {settings['max_retries']} times; 'retried' counts those attempts (not used), 'contended' the repeats "
         "kept although every retry was contended.\n",
         '## Targets\n',
+        "Ratio: median row / median baseline; range: worst repeat against best and best against worst. 'within "
+        "noise': the median misses the limit but the range reaches it, so the repeats cannot tell the rows apart "
+        "there.\n",
     ]
     rows = []
     for c in report['targets']:
@@ -622,7 +639,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
         if c['range']:
             value += f" ({fmt_num(c['range'][0])}-{fmt_num(c['range'][1])})"
         limit = '—' if c['limit'] is None else ('>= ' if c['higher_is_better'] else '<= ') + fmt_num(c['limit'])
-        met = '—' if c['met'] is None else ('met' if c['met'] else '**missed**')
+        met = {'': '—', 'missed': '**missed**'}.get(verdict(c), verdict(c))
         rows.append([c['target'], c['dtype'], c['batch_size'], f"`{c['row']}` / `{c['against']}`", value, limit, met])
     lines.append(markdown_table(['target', 'dtype', 'batch', 'rows', 'ratio (range)', 'limit', ''], rows))
     header = ['row', 'params (M)', 'GFLOP/img', 'batch', 'inference img/s', 'x base', 'train img/s', 'x base',
@@ -801,6 +818,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--name', default=None, help='output file stem (default: speed_<device>[_quick])')
     parser.add_argument('--no-plot', action='store_true')
     parser.add_argument('--resume', action='store_true', help='keep rows already measured in the output JSON')
+    parser.add_argument('--rerender', action='store_true',
+                        help='rewrite the markdown and PNG from the existing JSON (no measurements)')
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     parser.add_argument('--worker-out', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -821,6 +840,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     name = args.name or f"speed_{args.device.split(':')[0]}{'_quick' if args.quick else ''}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.out_dir / f'{name}.json'
+
+    if args.rerender:
+        if not json_path.exists():
+            raise SystemExit(f'--rerender needs {json_path}: measure first (without --rerender), or pass its --name')
+        report = json.loads(json_path.read_text())
+        json_path.with_suffix('.md').write_text(render_markdown(report))
+        if not args.no_plot:
+            render_plot(report, json_path.with_suffix('.png'))
+        print(f"rewrote {json_path.with_suffix('.md')}" + ('' if args.no_plot else f", {json_path.with_suffix('.png')}"))
+        return report
 
     rows = select_rows(build_rows(args), args.models)
     started = time.time()
@@ -857,8 +886,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     print(f"wrote {json_path}, {json_path.with_suffix('.md')}" +
           ('' if args.no_plot else f", {json_path.with_suffix('.png')}"))
     for c in report['targets']:
-        verdict = '' if c['met'] is None else ('met' if c['met'] else 'MISSED')
-        print(f"  {c['target']:52s} {c['dtype']} {c['row']:26s} {fmt_num(c['value']):>6s} {verdict}")
+        print(f"  {c['target']:52s} {c['dtype']} {c['row']:26s} {fmt_num(c['value']):>6s} {verdict(c).upper()}")
     return report
 
 
@@ -882,7 +910,7 @@ def write_outputs(
         'machine': machine,
         'settings': {'warmup': args.warmup, 'repeats': args.repeats, 'rounds': args.rounds,
                      'min_repeat_time': args.min_repeat_time, 'isolate': args.isolate, 'compile': args.compile,
-                     'min_cpu_util': args.min_cpu_util, 'max_retries': args.max_retries,
+                     'min_cpu_util': args.min_cpu_util, 'max_retries': args.max_retries, 'threads': args.threads,
                      'retry_wait': args.retry_wait,
                      'channels_last': args.channels_last, 'bf16_rows': bf16_rows, 'dtypes': args.dtypes,
                      'batch_size': args.batch_size, 'batch_size_224': args.batch_size_224,
