@@ -15,6 +15,7 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 sys.path.insert(0, str(BENCHMARKS))
 import baselines  # noqa: E402
+import speed  # noqa: E402
 import lowdata  # noqa: E402
 
 
@@ -53,6 +54,13 @@ def test_speed_writes_json_markdown_and_plot(tmp_path):
     assert report['machine']['cpu_model'] and report['machine']['torch'] == torch.__version__
     markdown = (tmp_path / 'smoke.md').read_text()
     assert '`astroformer_small/fused`' in markdown and '## Targets' in markdown
+    assert (tmp_path / 'smoke.png').read_bytes()[:8] == PNG_SIGNATURE
+
+    # --rerender rebuilds the markdown and plot from the JSON alone, identical to what the run wrote
+    (tmp_path / 'smoke.md').unlink()
+    (tmp_path / 'smoke.png').unlink()
+    run_script('speed.py', '--rerender', '--out-dir', str(tmp_path), '--name', 'smoke')
+    assert (tmp_path / 'smoke.md').read_text() == markdown
     assert (tmp_path / 'smoke.png').read_bytes()[:8] == PNG_SIGNATURE
 
 
@@ -125,3 +133,31 @@ def test_official_maxxvit_has_the_astroformer_parameters():
     ours = timm.create_model('astroformer_0', num_classes=3)
     official = baselines.official_maxxvit('astroformer_0', num_classes=3)
     assert set(ours.state_dict()) == set(official.state_dict())
+
+
+def test_results_quote_the_committed_run():
+    """Tables that RESULTS.md quotes from results/*.md are, line for line, in those files (no hand-typed drift)."""
+    import re
+    text = (BENCHMARKS / 'RESULTS.md').read_text()
+    quotes = list(re.finditer(r'<!-- quoted from (results/[\w.-]+\.md) -->\n((?:\|.*\n)+)', text))
+    assert quotes, 'RESULTS.md quotes no table from results/'
+    for quote in quotes:
+        source = (BENCHMARKS / quote.group(1)).read_text().splitlines()
+        missing = [line for line in quote.group(2).splitlines() if line not in source]
+        assert not missing, f'lines of RESULTS.md not in {quote.group(1)}: {missing}'
+    for link in re.findall(r'\]\((results/[^)]+)\)', text):
+        assert (BENCHMARKS / link).exists(), f'RESULTS.md links a missing file: {link}'
+
+
+@pytest.mark.parametrize('value, spread, limit, higher, expected', [
+    (2.1, (1.9, 2.3), 2.0, True, 'met'),
+    (1.9, (1.7, 2.1), 2.0, True, 'within noise'),
+    (1.4, (1.3, 1.5), 2.0, True, 'missed'),
+    (0.30, None, 1 / 3, False, 'met'),
+    (0.39, None, 1 / 3, False, 'missed'),
+    (0.7, (0.6, 0.8), None, True, ''),
+])
+def test_target_verdicts(value, spread, limit, higher, expected):
+    met = None if limit is None else (value >= limit if higher else value <= limit)
+    check = {'value': value, 'range': spread, 'limit': limit, 'higher_is_better': higher, 'met': met}
+    assert speed.verdict(check) == expected
