@@ -641,7 +641,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
         limit = '—' if c['limit'] is None else ('>= ' if c['higher_is_better'] else '<= ') + fmt_num(c['limit'])
         met = {'': '—', 'missed': '**missed**'}.get(verdict(c), verdict(c))
         rows.append([c['target'], c['dtype'], c['batch_size'], f"`{c['row']}` / `{c['against']}`", value, limit, met])
-    lines.append(markdown_table(['target', 'dtype', 'batch', 'rows', 'ratio (range)', 'limit', ''], rows))
+    if rows:
+        lines.append(markdown_table(['target', 'dtype', 'batch', 'rows', 'ratio (range)', 'limit', ''], rows))
+    else:
+        lines.append('No target can be checked: none has both its row and its baseline in this run.\n')
     header = ['row', 'params (M)', 'GFLOP/img', 'batch', 'inference img/s', 'x base', 'train img/s', 'x base',
               'train mem +MB', 'x base', 'CPU util']
     sections = [('fullres', 'Resolution-preserving family, 32x32'), ('attention', 'S4 attention module alone, 32x32'),
@@ -666,8 +669,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
                     fmt_num(r['train']), f"{tr['mem_inc_mb']:,.0f}", fmt_num(r['train_mem']), cpu_cell(inf, tr),
                 ])
             lines.append(markdown_table(header, table))
+            measured = {(s['key'], s['dtype']) for s in report['rows']}
             baselines = sorted({s['baseline'] for s in members if s['baseline']})
-            lines.append('Baselines: ' + ', '.join(f'`{b}`' for b in baselines) + '.\n')
+            lines.append('Baselines: ' + ', '.join(
+                f'`{b}`' + ('' if (b, dtype) in measured else ' (not in this run: no ratio)') for b in baselines) + '.\n')
     lines.append('## Rows\n')
     described: Dict[str, str] = {}
     for s in report['rows']:
