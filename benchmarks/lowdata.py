@@ -247,7 +247,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     parser.add_argument('--img-size', type=int, default=32)
     parser.add_argument('--epochs', type=int, default=2)
-    parser.add_argument('--min-steps', type=int, default=30, help='optimizer steps at least, however small the subset')
+    parser.add_argument('--min-steps', type=int, default=24, help='optimizer steps at least, however small the subset')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--opt', default='adamw')
     parser.add_argument('--lr', type=float, default=2e-3)
