@@ -647,6 +647,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
         lines.append('No target can be checked: none has both its row and its baseline in this run.\n')
     header = ['row', 'params (M)', 'GFLOP/img', 'batch', 'inference img/s', 'x base', 'train img/s', 'x base',
               'train mem +MB', 'x base', 'CPU util']
+    measured = {(s['key'], s['dtype']) for s in report['rows']}
     sections = [('fullres', 'Resolution-preserving family, 32x32'), ('attention', 'S4 attention module alone, 32x32'),
                 ('paper', 'Paper family against the official MaxxVit layout, 224x224'), ('peers', 'timm peers')]
     for dtype in sorted({s['dtype'] for s in report['rows']}, key=lambda d: d != 'fp32'):
@@ -669,7 +670,6 @@ def render_markdown(report: Dict[str, Any]) -> str:
                     fmt_num(r['train']), f"{tr['mem_inc_mb']:,.0f}", fmt_num(r['train_mem']), cpu_cell(inf, tr),
                 ])
             lines.append(markdown_table(header, table))
-            measured = {(s['key'], s['dtype']) for s in report['rows']}
             baselines = sorted({s['baseline'] for s in members if s['baseline']})
             lines.append('Baselines: ' + ', '.join(
                 f'`{b}`' + ('' if (b, dtype) in measured else ' (not in this run: no ratio)') for b in baselines) + '.\n')
@@ -850,9 +850,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if not json_path.exists():
             raise SystemExit(f'--rerender needs {json_path}: measure first (without --rerender), or pass its --name')
         report = json.loads(json_path.read_text())
-        json_path.with_suffix('.md').write_text(render_markdown(report))
-        if not args.no_plot:
-            render_plot(report, json_path.with_suffix('.png'))
+        write_markdown_and_plot(report, json_path, plot=not args.no_plot)
         print(f"rewrote {json_path.with_suffix('.md')}" + ('' if args.no_plot else f", {json_path.with_suffix('.png')}"))
         return report
 
@@ -925,12 +923,17 @@ def write_outputs(
         'rows': summaries,
         'runs': runs,
     }
-    base = args.out_dir / name
-    base.with_suffix('.json').write_text(json.dumps(report, indent=1))
-    base.with_suffix('.md').write_text(render_markdown(report))
-    if plot and any(s.get('train') for s in summaries):
-        render_plot(report, base.with_suffix('.png'))
+    json_path = args.out_dir / f'{name}.json'
+    json_path.write_text(json.dumps(report, indent=1))
+    write_markdown_and_plot(report, json_path, plot)
     return report
+
+
+def write_markdown_and_plot(report: Dict[str, Any], json_path: Path, plot: bool) -> None:
+    """The markdown tables and (if asked, and any row trained) the PNG beside the report's JSON."""
+    json_path.with_suffix('.md').write_text(render_markdown(report))
+    if plot and any(s.get('train') for s in report['rows']):
+        render_plot(report, json_path.with_suffix('.png'))
 
 
 if __name__ == '__main__':
