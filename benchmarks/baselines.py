@@ -10,6 +10,8 @@
   its relative position bias is fixed at construction, so it runs only at the size it was built for).
 * ``set_attention_impl``: switch every attention module of a model between the fused kernel and the explicit
   ``softmax(logits) @ v`` that materialises the full N x N matrix (the same design implemented naively).
+* ``free_attention_kernel``: a benchmark-side patch that replaces the fused attention kernel by its value input (as if
+  the kernel cost nothing), every other op kept: the bound on what any attention kernel could gain.
 * ``contiguous_attention_inputs``: a benchmark-side patch that hands the fused kernel contiguous q, k, v (as timm's
   MaxxVit does). torch's CPU flash kernel needs a unit stride on the last dimension and otherwise silently falls
   back to the math path, which materialises N x N; the patch shows what a fix in the model code would buy, and
@@ -19,6 +21,8 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 import timm
 import timm_astro  # noqa: F401  registers the astroformer models
@@ -28,7 +32,7 @@ from timm_astro.models.astroformer import model_cfgs as paper_cfgs
 
 __all__ = [
     'PlainRelativeAttention', 'plain_design_model', 'official_maxxvit', 'set_attention_impl',
-    'contiguous_attention_inputs',
+    'contiguous_attention_inputs', 'free_attention_kernel',
 ]
 
 
@@ -98,5 +102,37 @@ def contiguous_attention_inputs(model: nn.Module) -> int:
                 return q.contiguous(), k.contiguous(), v.contiguous(), mask
 
             module.rel_pos.fused_inputs = fused_inputs
+            patched += 1
+    return patched
+
+
+class _ValuesForAttention(TorchFunctionMode):
+    """Answers ``F.scaled_dot_product_attention(q, k, v, ...)`` with ``v``; every other torch call runs unchanged."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return args[2] if len(args) > 2 else kwargs['value']
+        return func(*args, **kwargs)
+
+
+def free_attention_kernel(model: nn.Module) -> int:
+    """Make every ``RelativeAttention2d`` of ``model`` skip the fused kernel (its output is the values); returns how
+    many were patched.
+
+    The projections, the relative-bias features, the reshapes and the rest of the model still run, so a training
+    step of the patched model is the fastest any attention kernel could make the model: the ratio against the
+    explicit row bounds the fused/explicit speed-up on this machine. Patches instances, never the library code.
+    """
+    patched = 0
+    for module in model.modules():
+        if isinstance(module, RelativeAttention2d):
+            original = module.forward
+
+            def forward(*args: Any, _original=original, **kwargs: Any) -> torch.Tensor:
+                with _ValuesForAttention():
+                    return _original(*args, **kwargs)
+
+            module.forward = forward
             patched += 1
     return patched

@@ -10,10 +10,11 @@ through /proc/self/clear_refs, with freed heap handed back to the OS first; CUDA
 
 Rows (``--models`` selects them by key, shell-style patterns):
 
-* ``astroformer_{small,base,large}/{fused,explicit,biasfree,table}``: the resolution-preserving family at 32x32, as
-  shipped (fused attention, Fourier bias folded into q/k); the same weights with attention computed explicitly (the
-  full N x N matrix); without relative bias (the fused ceiling at the same shape); with a learned table given to the
-  fused kernel as a 4-D mask. Baseline: ``explicit``.
+* ``astroformer_{small,base,large}/{fused,explicit,biasfree,table,freekernel}``: the resolution-preserving family at
+  32x32, as shipped (fused attention, Fourier bias folded into q/k); the same weights with attention computed
+  explicitly (the full N x N matrix); without relative bias (the fused ceiling at the same shape); with a learned
+  table given to the fused kernel as a 4-D mask; with the attention kernel replaced by its values (a free kernel:
+  the most any attention implementation can gain over ``explicit`` on this machine). Baseline: ``explicit``.
 * ``plain_design_block``: astroformer_base whose S4 is the design document's block written plainly
   (``baselines.PlainRelativeAttention``). Baseline: ``astroformer_base/explicit``.
 * ``attention/...``: S4's attention module of astroformer_base alone (``[B, 256, 32, 32]``, 8 heads), the same
@@ -85,6 +86,9 @@ VARIANTS = {
                  'no relative bias (rel_pos_freqs=0, q/k/v contiguous): the fused ceiling at the same shape'),
     'table': ({'rel_pos_type': 'table'}, True, None,
               'as shipped with rel_pos_type="table": learned table as a 4-D mask requiring grad'),
+    'freekernel': ({}, True, 'freekernel',
+                   'as shipped with the attention kernel replaced by its values (a kernel that costs nothing; every '
+                   'other op kept): the bound on the speed-up any attention kernel can give'),
 }
 ATTENTION_EXTRA_VARIANTS = {
     'freqs0': ({'rel_pos_freqs': 0}, True, None, 'rel_pos_freqs=0 exactly as shipped (no patch)'),
@@ -105,7 +109,7 @@ class Row:
     batch_size: int
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     fused: Optional[bool] = None  # None: the model's default attention implementation
-    patch: Optional[str] = None  # 'contiguous': baselines.contiguous_attention_inputs
+    patch: Optional[str] = None  # 'contiguous' / 'freekernel': baselines.{contiguous_attention_inputs,free_attention_kernel}
     baseline: Optional[str] = None
     description: str = ''
 
@@ -187,7 +191,9 @@ def build_module(row: Row, device: torch.device) -> Tuple[nn.Module, Tuple[int, 
     """The model (or attention module) of a row and its input shape."""
     import timm
     import timm_astro  # noqa: F401
-    from baselines import contiguous_attention_inputs, official_maxxvit, plain_design_model, set_attention_impl
+    from baselines import (
+        contiguous_attention_inputs, free_attention_kernel, official_maxxvit, plain_design_model, set_attention_impl,
+    )
     from timm_astro.layers import RelativeAttention2d
 
     if row.kind == 'module':
@@ -206,6 +212,8 @@ def build_module(row: Row, device: torch.device) -> Tuple[nn.Module, Tuple[int, 
     if row.fused is not None and not set_attention_impl(model, row.fused):
         raise RuntimeError(f'{row.key}: no attention module to switch to fused={row.fused}')
     if row.patch == 'contiguous' and not contiguous_attention_inputs(model):
+        raise RuntimeError(f'{row.key}: no RelativeAttention2d to patch')
+    if row.patch == 'freekernel' and not free_attention_kernel(model):
         raise RuntimeError(f'{row.key}: no RelativeAttention2d to patch')
     return model.to(device), shape
 
@@ -573,6 +581,8 @@ def check_targets(summaries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 2.0, True)
             add('train peak memory <= 1/3 of explicit', dtype, f'{name}/fused', f'{name}/explicit', 'train',
                 'mem_inc_mb', 1 / 3, False)
+            add('train throughput bound: attention kernel free / explicit', dtype, f'{name}/freekernel',
+                f'{name}/explicit', 'train', 'img_s', None, True)
         for phase in ('train', 'infer'):
             add(f'{phase} throughput vs plain design block', dtype, 'astroformer_base/fused', 'plain_design_block',
                 phase, 'img_s', None, True)
@@ -686,6 +696,7 @@ PLOT_STYLE = {  # kind of row -> (legend label, colour, marker)
     'explicit': ('same, explicit attention', 'tab:orange', 'v'),
     'table': ('same, table bias as a mask', 'tab:brown', 's'),
     'biasfree': ('same, no relative bias', 'tab:pink', 'D'),
+    'freekernel': ('same, attention kernel free (bound)', 'tab:green', 'h'),
     'contiguous': ('same, q/k/v contiguous', 'tab:olive', '*'),
     'plain': ('design document block, plain', 'tab:purple', 'X'),
     'maxxvit': ('timm MaxxVit, official layout', 'tab:blue', '^'),
@@ -698,7 +709,7 @@ def plot_style(key: str) -> str:
         return 'maxxvit'
     if key == 'plain_design_block':
         return 'plain'
-    for variant in ('explicit', 'table', 'biasfree', 'contiguous'):
+    for variant in ('explicit', 'table', 'biasfree', 'contiguous', 'freekernel'):
         if key.endswith('/' + variant):
             return variant
     return 'ours' if key.startswith('astroformer') else 'peer'

@@ -115,6 +115,25 @@ def test_explicit_and_contiguous_variants_compute_the_same_function():
     torch.testing.assert_close(contiguous, fused, rtol=1e-5, atol=1e-5)
 
 
+def test_free_kernel_variant_skips_only_the_attention_kernel():
+    """The patched attention returns proj(values): every op but the kernel runs, and gradients still flow."""
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model('astroformer_small', num_classes=5)
+    attn = model.stages[-1].blocks[0].attn
+    x = torch.randn(2, 256, 6, 5)
+    shipped = attn(x)
+    assert baselines.free_attention_kernel(model) == 1
+    with torch.no_grad():
+        q, k, v = attn.qkv_heads(x)
+        values_only = attn.proj(v.transpose(-1, -2).reshape(2, -1, 6, 5))
+    patched = attn(x)
+    torch.testing.assert_close(patched, values_only)
+    assert not torch.allclose(patched, shipped)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert attn.qkv.weight.grad is not None and attn.qkv.weight.grad.abs().sum() > 0
+
+
 def test_plain_design_model_replaces_only_the_transformer_stage():
     import timm
     plain = baselines.plain_design_model(num_classes=7)
