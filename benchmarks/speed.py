@@ -109,7 +109,7 @@ class Row:
     batch_size: int
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     fused: Optional[bool] = None  # None: the model's default attention implementation
-    patch: Optional[str] = None  # 'contiguous' / 'freekernel': baselines.{contiguous_attention_inputs,free_attention_kernel}
+    patch: Optional[str] = None  # 'contiguous' or 'freekernel': a benchmark-side patch from baselines.py
     baseline: Optional[str] = None
     description: str = ''
 
@@ -211,9 +211,8 @@ def build_module(row: Row, device: torch.device) -> Tuple[nn.Module, Tuple[int, 
         shape = (row.batch_size, 3, row.img_size, row.img_size)
     if row.fused is not None and not set_attention_impl(model, row.fused):
         raise RuntimeError(f'{row.key}: no attention module to switch to fused={row.fused}')
-    if row.patch == 'contiguous' and not contiguous_attention_inputs(model):
-        raise RuntimeError(f'{row.key}: no RelativeAttention2d to patch')
-    if row.patch == 'freekernel' and not free_attention_kernel(model):
+    patches = {'contiguous': contiguous_attention_inputs, 'freekernel': free_attention_kernel}
+    if row.patch and not patches[row.patch](model):
         raise RuntimeError(f'{row.key}: no RelativeAttention2d to patch')
     return model.to(device), shape
 
