@@ -6,15 +6,31 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 __all__ = [
     'machine_info', 'command_line', 'read_status_kb', 'reset_peak_rss', 'release_free_memory', 'fmt_num',
-    'markdown_table', 'matmul_gflops',
+    'markdown_table', 'matmul_gflops', 'write_text_atomic',
 ]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place: a run killed mid-write leaves the
+    previous file (which ``--resume`` reads) intact, never a truncated one."""
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would carry over to the result file
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def command_line() -> str:

@@ -44,7 +44,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa
 from timm.optim import create_optimizer_v2  # noqa: E402
 from timm.scheduler import create_scheduler_v2  # noqa: E402
 
-from benchutils import command_line, fmt_num, machine_info, markdown_table  # noqa: E402
+from benchutils import command_line, fmt_num, machine_info, markdown_table, write_text_atomic  # noqa: E402
 
 DEFAULT_MODELS = ('astroformer_small', 'resnet18', 'coatnet_0_rw_224')
 MEAN = STD = (0.5, 0.5, 0.5)  # one normalisation for every model: nothing here is pretrained
@@ -317,8 +317,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     },
                     'summary': summarize(results, args.models, args.shots), 'results': results,
                 }
-                out_base.with_suffix('.json').write_text(json.dumps(report, indent=1))
-                out_base.with_suffix('.md').write_text(render_markdown(report))
+                write_text_atomic(out_base.with_suffix('.json'), json.dumps(report, indent=1))
+                write_text_atomic(out_base.with_suffix('.md'), render_markdown(report))
     if not args.no_plot:
         render_plot(report, out_base.with_suffix('.png'))
     print(f"wrote {out_base.with_suffix('.json')}, {out_base.with_suffix('.md')}"

@@ -59,7 +59,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchutils import (  # noqa: E402
     command_line, fmt_num, machine_info, markdown_table, matmul_gflops, read_status_kb, release_free_memory,
-    reset_peak_rss,
+    reset_peak_rss, write_text_atomic,
 )
 
 NUM_CLASSES = 10
@@ -708,9 +708,9 @@ def plot_style(key: str) -> str:
         return 'maxxvit'
     if key == 'plain_design_block':
         return 'plain'
-    for variant in ('explicit', 'table', 'biasfree', 'contiguous', 'freekernel'):
-        if key.endswith('/' + variant):
-            return variant
+    variant = key.rpartition('/')[2]
+    if variant in PLOT_STYLE:  # a variant row drawn in its own style ('fused' rows are 'ours')
+        return variant
     return 'ours' if key.startswith('astroformer') else 'peer'
 
 
@@ -934,14 +934,14 @@ def write_outputs(
         'runs': runs,
     }
     json_path = args.out_dir / f'{name}.json'
-    json_path.write_text(json.dumps(report, indent=1))
+    write_text_atomic(json_path, json.dumps(report, indent=1))
     write_markdown_and_plot(report, json_path, plot)
     return report
 
 
 def write_markdown_and_plot(report: Dict[str, Any], json_path: Path, plot: bool) -> None:
     """The markdown tables and (if asked, and any row trained) the PNG beside the report's JSON."""
-    json_path.with_suffix('.md').write_text(render_markdown(report))
+    write_text_atomic(json_path.with_suffix('.md'), render_markdown(report))
     if plot and any(s.get('train') for s in report['rows']):
         render_plot(report, json_path.with_suffix('.png'))
 
