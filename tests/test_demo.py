@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from timm_astro.data.synthetic_galaxies import LABEL_NAMES
-from timm_astro.demo import main
+from timm_astro.commands.demo import main
 
 TINY = ['--epochs', '2', '--images-per-class', '4', '--val-per-class', '2', '--batch-size', '8', '--image-size', '16']
 HAS_MATPLOTLIB = importlib.util.find_spec('matplotlib') is not None

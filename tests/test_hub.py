@@ -21,7 +21,9 @@ import timm
 import timm_astro  # noqa: F401
 from huggingface_hub import constants
 from timm_astro import hub as tahub
-from timm_astro.hub import HubError, export_checkpoint, export_main, export_model, push, push_main
+from timm_astro.commands.export import main as export_main
+from timm_astro.commands.push import main as push_main
+from timm_astro.hub import HubError, export_checkpoint, export_model, push
 
 from hub_server import LoopbackHub, OlahMirror
 
@@ -121,7 +123,7 @@ def _posts(hub, since):
 
 def test_export_checkpoint_folder(run, tmp_path):
     out = export_checkpoint(run.ckpt, tmp_path / 'galaxy10-small')  # args.yaml / summary.csv found next to it
-    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert sorted(p.name for p in out.iterdir()) == ['.timm-astro.json', 'README.md', 'config.json', 'model.safetensors']
 
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'astroformer_small'

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from timm_astro.models.table import main as models_main
+from timm_astro.commands.models import main as models_main
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 NOT_RUNNABLE = '# (needs'  # a snippet starting with e.g. "# (needs the Hub)" is shown, not run

@@ -1,4 +1,4 @@
-"""timm_astro.run: runs a timm script as __main__ with the models registered, after checking its arguments.
+"""timm-astro run (timm_astro.commands.run): runs a timm script as __main__ with the models registered, after checking its arguments.
 
 The scripts here are small stand-ins written by the tests, shaped like timm's (a module-level ``parser``; for
 train.py also a ``config_parser`` whose YAML goes to ``parser.set_defaults`` and a ``--device-modules`` option), so
@@ -17,12 +17,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from timm_astro import run
+from timm_astro.commands import run
 from timm_astro.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Shaped like timm's train.py: the parts timm_astro.run relies on (parser, config_parser, device_modules).
+# Shaped like timm's train.py: the parts timm-astro run relies on (parser, config_parser, device_modules).
 TRAIN_LIKE = '''
 import argparse, importlib, json, os, sys
 import yaml
@@ -302,7 +302,7 @@ def test_python_dash_m(train_like: Path, data: Path, tmp_path: Path):
     # one subprocess (a fresh interpreter imports torch: seconds); the checks themselves are tested in-process
     out = tmp_path / 'o.json'
     proc = subprocess.run(
-        [sys.executable, '-m', 'timm_astro.run', str(train_like), str(data), '--model', 'astroformer_small',
+        [sys.executable, '-m', 'timm_astro', 'run', str(train_like), str(data), '--model', 'astroformer_small',
          '--out', str(out)],
         capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr

@@ -16,7 +16,7 @@ import yaml
 import timm
 import timm_astro  # noqa: F401  (registers the models)
 from timm.data.auto_augment import rand_augment_transform
-from timm_astro.run import EXTRA_CONFIG_KEYS
+from timm_astro.commands.run import EXTRA_CONFIG_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / 'train_configs'

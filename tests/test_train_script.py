@@ -63,7 +63,7 @@ def test_options_data_matches_this_train_py():
     """Every key our recipes use is an option of this train.py (tests/data/train_py_options.txt may be older)."""
     namespace = runpy.run_path(TRAIN_SCRIPT, run_name='__timm_astro_test__')
     dests = {a.dest for a in namespace['parser']._actions}
-    from timm_astro.run import EXTRA_CONFIG_KEYS
+    from timm_astro.commands.run import EXTRA_CONFIG_KEYS
     for path in sorted((ROOT / 'train_configs').glob('*.yaml')):
         unknown = set(yaml.safe_load(path.read_text())) - dests - EXTRA_CONFIG_KEYS
         assert not unknown, f'{path.name}: {TRAIN_SCRIPT} has no option {sorted(unknown)}'
@@ -92,7 +92,7 @@ def test_astroformer_base_mixup_no_cutmix_then_validate(tmp_path: Path):
     validate = Path(TRAIN_SCRIPT).with_name('validate.py')
     if not validate.is_file():
         pytest.skip(f'no validate.py beside {TRAIN_SCRIPT}')
-    proc = _run(['-m', 'timm_astro.run', str(validate), str(data), '--split', 'validation', '--model',
+    proc = _run(['-m', 'timm_astro', 'run', str(validate), str(data), '--split', 'validation', '--model',
                  'astroformer_base', '--num-classes', str(num_classes), '--checkpoint',
                  str(run_dir / 'last.pth.tar'), '--device', 'cpu', '--workers', '0', '--batch-size', '8'], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -104,7 +104,7 @@ def test_galaxy_config_through_timm_astro_run(tmp_path: Path):
     cfg = yaml.safe_load((ROOT / 'train_configs' / 'galaxy10_astroformer_3.yaml').read_text())
     data = _random_folder(tmp_path / 'g10', [f'{i}_class' for i in range(cfg['num_classes'])], 64)
     config = _cpu_config('galaxy10_astroformer_3', tmp_path)
-    proc = _run(['-m', 'timm_astro.run', TRAIN_SCRIPT, str(data), '--config', str(config), '--img-size', '64',
+    proc = _run(['-m', 'timm_astro', 'run', TRAIN_SCRIPT, str(data), '--config', str(config), '--img-size', '64',
                  '--input-size', '3', '64', '64', '--batch-size', '2', '--output', str(tmp_path / 'out'),
                  '--experiment', 'g10'] + TINY, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -131,16 +131,16 @@ def test_bad_input_is_stopped_with_a_message(tmp_path: Path):
     data = _random_folder(tmp_path / 'd', ['a', 'b'], 32)
     bad_model = tmp_path / 'bad_model.yaml'
     bad_model.write_text('device_modules: [timm_astro]\nmodel: astroformer_six\nnum_classes: 2\n')
-    proc = _run(['-m', 'timm_astro.run', TRAIN_SCRIPT, str(data), '--config', str(bad_model)] + TINY, tmp_path)
+    proc = _run(['-m', 'timm_astro', 'run', TRAIN_SCRIPT, str(data), '--config', str(bad_model)] + TINY, tmp_path)
     assert proc.returncode == 2 and "unknown model 'astroformer_six'" in proc.stderr
 
-    proc = _run(['-m', 'timm_astro.run', TRAIN_SCRIPT, str(data), '--model', 'astroformer_small',
+    proc = _run(['-m', 'timm_astro', 'run', TRAIN_SCRIPT, str(data), '--model', 'astroformer_small',
                  '--num-classes', '10'] + TINY, tmp_path)
     assert proc.returncode == 2 and 'num_classes is 10' in proc.stderr and '2 class folders' in proc.stderr
 
     flat = tmp_path / 'flat' / 'train'
     flat.mkdir(parents=True)
     Image.new('RGB', (32, 32)).save(flat / 'x.png')
-    proc = _run(['-m', 'timm_astro.run', TRAIN_SCRIPT, str(flat.parent), '--model', 'astroformer_small'] + TINY,
+    proc = _run(['-m', 'timm_astro', 'run', TRAIN_SCRIPT, str(flat.parent), '--model', 'astroformer_small'] + TINY,
                 tmp_path)
     assert proc.returncode == 2 and 'holds images directly' in proc.stderr

@@ -18,8 +18,6 @@ import math
 import os
 import pickle
 import re
-import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -32,13 +30,16 @@ from timm.models import clean_state_dict, get_model_input_config, get_pretrained
 from timm.models._hub import generate_readme  # not re-exported by timm.models
 
 import timm_astro  # noqa: F401  (registers the models, so exports and local checks see them)
+from timm_astro.errors import UserError
+from timm_astro.outputs import atomic_output_dir, check_output_location
 from timm_astro.version import __version__
 
-__all__ = ['HubError', 'export_model', 'export_checkpoint', 'push', 'export_main', 'push_main']
+__all__ = ['HubError', 'export_model', 'export_checkpoint', 'check_export_dir', 'push']
 
 PathLike = Union[str, os.PathLike]
 
 EXPORT_FILES = ('config.json', 'model.safetensors', 'README.md')
+CREATED_BY = 'timm-astro export'
 REPO_PLACEHOLDER = 'ORG/REPO'  # the model card's usage snippet names the repo; push() fills it in
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.tar', '.pkl', '.ckpt')
 
@@ -60,7 +61,7 @@ RECIPE_KEYS = (
 )
 
 
-class HubError(ValueError):
+class HubError(UserError):
     """A bad input for export / push, with a message meant for the user (the CLI prints it as one line)."""
 
 
@@ -374,27 +375,10 @@ print([(label_names[i] if label_names else int(i), float(p)) for p, i in zip(top
     return generate_readme(card, model_name)
 
 
-def _replace_dir(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    """Move a finished folder into place: the old one, if any, is only removed once the new one is there."""
-    old = None
-    if out_dir.exists():
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        elif overwrite:
-            old = out_dir.with_name(f'.{out_dir.name}.old-{os.getpid()}')
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(out_dir, old)
-        else:
-            raise FileExistsError(f'{out_dir} exists; pass overwrite=True (--overwrite) to replace it')
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _is_earlier_export(folder: Path) -> bool:
+    """An export written before exports carried timm-astro's output marker: only our three files."""
+    names = {p.name for p in folder.iterdir()}
+    return names <= set(EXPORT_FILES) and 'config.json' in names
 
 
 def export_model(
@@ -416,9 +400,7 @@ def export_model(
     ``mean``, ``std``, ``crop_pct``, ``interpolation``, ...); the model's own defaults fill the rest.
     ``metrics`` (e.g. ``{'top1': 97.1, 'top5': 99.9, 'epoch': 41}``) and ``train_args`` go in the card.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and not (out_dir.is_dir() and not any(out_dir.iterdir())):
-        raise FileExistsError(f'{out_dir} exists; pass overwrite=True (--overwrite) to replace it')
+    out_dir = check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY, is_own=_is_earlier_export)
     if isinstance(train_args, argparse.Namespace):
         train_args = vars(train_args)
     num_classes = getattr(model, 'num_classes', None)
@@ -433,9 +415,7 @@ def export_model(
     data_config = dict(data_config or {})
     if data_config.get('input_size') is None and data_config.get('img_size') is None:
         data_config['input_size'] = tuple(get_model_input_config(model)['input_size'])
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.tmp-', dir=out_dir.parent))
-    try:
+    with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite, is_own=_is_earlier_export) as tmp:
         os.chmod(tmp, 0o755)
         try:
             save_for_hf(
@@ -452,10 +432,6 @@ def export_model(
         config = json.loads((tmp / 'config.json').read_text(encoding='utf-8'))
         readme = _model_card(model, config, out_dir.name, metrics, train_args, dataset, weights_note)
         (tmp / 'README.md').write_text(readme, encoding='utf-8')
-        _replace_dir(tmp, out_dir, overwrite)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -635,91 +611,3 @@ def push(
         )
     url = str(repo_url).rstrip('/')
     return f'{url}/tree/{revision}' if revision and revision != 'main' else url
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# command line
-
-
-def _cli_errors(prog: str, func, secret: Optional[str] = None) -> int:
-    """Run ``func``; expected failures become one line on stderr and exit code 2 (never a traceback or token)."""
-    import importlib
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-    transport_errors: Tuple[type, ...] = ()
-    for client in ('httpx2', 'httpx'):  # huggingface_hub's HTTP client by version (requests' errors are OSErrors)
-        try:
-            transport_errors += (importlib.import_module(client).HTTPError,)
-        except (ImportError, AttributeError):
-            pass
-
-    def say(message: str) -> int:
-        if secret:
-            message = message.replace(secret, '***')
-        message = ' '.join(message.split())
-        print(f'{prog}: error: {message}', file=sys.stderr)
-        return 2
-
-    try:
-        func()
-        return 0
-    except (HubError, HFValidationError, FileNotFoundError, FileExistsError) as e:
-        return say(str(e))
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, 'response', None), 'status_code', None)
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if status in (401, 403):
-            return say(f'the Hub refused the token (HTTP {status}): check HF_TOKEN or `hf auth login`; {detail}')
-        return say(f'the Hub answered with an error, nothing was committed: {detail}')
-    except transport_errors as e:
-        from huggingface_hub import constants
-        return say(f'cannot reach {constants.ENDPOINT} ({type(e).__name__}: {e}); nothing was committed')
-    except OSError as e:
-        return say(f'{type(e).__name__}: {e}')
-
-
-def export_main(argv: Optional[List[str]] = None) -> int:
-    """``timm-astro export CHECKPOINT OUT_DIR [--model NAME] [--no-ema] [--summary CSV] [--args YAML]``."""
-    parser = argparse.ArgumentParser(
-        prog='timm-astro export',
-        description='Turn a train.py checkpoint (or a state dict) into a Hub-ready folder: config.json, '
-                    'model.safetensors and a README.md model card.')
-    parser.add_argument('checkpoint', help='model_best.pth.tar / last.pth.tar from train.py, or a state dict')
-    parser.add_argument('out_dir', help='folder to write (must not exist unless --overwrite)')
-    parser.add_argument('--model', default=None, help="architecture, if the checkpoint's arch/args lack it")
-    parser.add_argument('--no-ema', action='store_true', help='export the raw weights even if EMA weights exist')
-    parser.add_argument('--summary', default=None, help="train.py's summary.csv (default: next to the checkpoint)")
-    parser.add_argument('--args', dest='args_yaml', default=None, help="train.py's args.yaml (default: next to it)")
-    parser.add_argument('--overwrite', action='store_true', help='replace OUT_DIR if it exists')
-    args = parser.parse_args(argv)
-
-    def run():
-        out = export_checkpoint(
-            args.checkpoint, args.out_dir, model_name=args.model, use_ema=not args.no_ema,
-            summary_csv=args.summary, args_yaml=args.args_yaml, overwrite=args.overwrite)
-        config = json.loads((out / 'config.json').read_text(encoding='utf-8'))
-        size = 'x'.join(str(s) for s in config['pretrained_cfg']['input_size'])
-        print(f"wrote {out}: {config['architecture']}, {config['num_classes']} classes, input {size} "
-              f"({', '.join(EXPORT_FILES)})")
-    return _cli_errors('timm-astro export', run)
-
-
-def push_main(argv: Optional[List[str]] = None) -> int:
-    """``timm-astro push CHECKPOINT_OR_EXPORTED_DIR REPO_ID [--private] [--revision R] [--commit-message M]``."""
-    parser = argparse.ArgumentParser(
-        prog='timm-astro push',
-        description='Upload an exported folder (or a checkpoint, exported on the fly) to the Hugging Face Hub in '
-                    'one commit. The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT is honoured.')
-    parser.add_argument('path', help='folder written by `timm-astro export`, or a train.py checkpoint')
-    parser.add_argument('repo_id', help='ORG/NAME (or NAME, in your own namespace)')
-    parser.add_argument('--private', action='store_true', help='create the repo private (ignored if it exists)')
-    parser.add_argument('--revision', default=None, help='branch to commit to (created from main if missing)')
-    parser.add_argument('--commit-message', default=None, help='commit summary')
-    args = parser.parse_args(argv)
-    from huggingface_hub import get_token
-    token = get_token()
-
-    def run():
-        url = push(args.path, args.repo_id, private=args.private, revision=args.revision,
-                   commit_message=args.commit_message, token=token)
-        print(url)
-    return _cli_errors('timm-astro push', run, secret=token)

@@ -2,9 +2,10 @@
 
 Two routes:
 
-* ``timm-astro galaxy10 prepare Galaxy10_DECals.h5 OUT_DIR`` writes an ImageFolder
-  (``OUT_DIR/train/<class>/*.png``, ``OUT_DIR/validation/<class>/*.png``) that timm's ``train.py`` reads
-  as-is with ``--data-dir OUT_DIR``, plus ``manifest.csv``, ``class_names.json`` and ``dataset.json``.
+* ``prepare_galaxy10`` (``timm-astro galaxy10 prepare Galaxy10_DECals.h5 OUT_DIR``) writes an ImageFolder
+  (``OUT_DIR/train/<class>/*.png``, ``OUT_DIR/validation/<class>/*.png`` and, with a test fraction,
+  ``OUT_DIR/test/<class>/*.png``) that timm's ``train.py`` reads as-is with ``--data-dir OUT_DIR``, plus
+  ``manifest.csv``, ``class_names.json`` and ``dataset.json``.
 * ``Galaxy10Dataset`` reads the HDF5 file directly (lazily, one handle per worker process) for code
   that builds its own ``DataLoader`` and does not want a copy of the images on disk.
 
@@ -13,17 +14,12 @@ Both use the same stratified, seeded split, so they agree on which image is in w
 h5py is an optional dependency (``pip install 'timm-astro[data]'``); it is imported only when a file is
 read, so ``import timm_astro`` never needs it.
 """
-import argparse
 import csv
 import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
-import signal
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,9 +30,13 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
+from timm_astro.data.splits import SPLITS, stratified_split
+from timm_astro.errors import MissingDependency, UserError
+from timm_astro.outputs import atomic_output_dir, check_output_location, write_json
+
 __all__ = [
     'GALAXY10_DECALS_CLASSES', 'GALAXY10_SDSS_CLASSES', 'GALAXY10_DECALS_SHA256', 'Galaxy10Variant',
-    'GALAXY10_VARIANTS', 'Galaxy10Error', 'Galaxy10Dataset', 'stratified_split', 'prepare_galaxy10', 'main',
+    'GALAXY10_VARIANTS', 'Galaxy10Error', 'Galaxy10Dataset', 'prepare_galaxy10', 'PrepareResult',
 ]
 
 # Label order of Galaxy10_DECals.h5 (astroNN documentation, Leung & Bovy).
@@ -73,7 +73,6 @@ GALAXY10_DECALS_SHA256 = '19aefc477c41bb7f77ff07599a6b82a038dc042f889a111b0d4d98
 IMAGES_KEY = 'images'
 LABELS_KEY = 'ans'
 METADATA_KEYS = ('ra', 'dec', 'redshift', 'pxscale')  # per-image columns copied to the manifest when present
-SPLITS = ('train', 'validation')
 MANIFEST_COLUMNS = ('index', 'label', 'class_name', 'split') + METADATA_KEYS + ('file',)
 CREATED_BY = 'timm-astro galaxy10 prepare'
 H5PY_HINT = "h5py is needed to read Galaxy10 HDF5 files: pip install 'timm-astro[data]' (or: pip install h5py)"
@@ -81,12 +80,8 @@ IMAGE_FORMATS = {'png': ('PNG', '.png', {}), 'jpeg': ('JPEG', '.jpg', {'quality'
 DEFAULT_CHUNK_BYTES = 16 * 2 ** 20
 
 
-class Galaxy10Error(ValueError):
+class Galaxy10Error(UserError):
     """A problem with the input file, the arguments or the output directory, worded for the user."""
-
-
-class MissingDependency(ImportError):
-    """h5py is not installed."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,6 @@ class Galaxy10Variant:
     key: str
     image_size: int
     class_names: Tuple[str, ...]
-    published_count: int
 
     @property
     def class_folders(self) -> Tuple[str, ...]:
@@ -104,8 +98,8 @@ class Galaxy10Variant:
 
 
 GALAXY10_VARIANTS: Dict[str, Galaxy10Variant] = {
-    'decals': Galaxy10Variant('Galaxy10 DECals', 'decals', 256, GALAXY10_DECALS_CLASSES, 17736),
-    'sdss': Galaxy10Variant('Galaxy10 SDSS', 'sdss', 69, GALAXY10_SDSS_CLASSES, 21785),
+    'decals': Galaxy10Variant('Galaxy10 DECals', 'decals', 256, GALAXY10_DECALS_CLASSES),
+    'sdss': Galaxy10Variant('Galaxy10 SDSS', 'sdss', 69, GALAXY10_SDSS_CLASSES),
 }
 
 
@@ -215,40 +209,14 @@ def _inspect(path: Path) -> _H5Info:
     return _H5Info(variant=variant, labels=labels, num_images=int(images.shape[0]))
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
-    """Boolean mask, True for the images that go to validation.
-
-    Each class contributes round(val_fraction * class size) images to validation (at least one and at most
-    all but one when the class has two or more). Images are ranked by a hash of (seed, index), so the split
-    depends only on the labels and the seed, not on the numpy version or platform.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise Galaxy10Error(f'val_fraction must be between 0 and 1 (exclusive), got {val_fraction}')
-    labels = np.asarray(labels)
-    rank = np.array([
-        int.from_bytes(hashlib.blake2b(f'{seed}:{i}'.encode(), digest_size=8).digest(), 'big')
-        for i in range(len(labels))], dtype=np.uint64)
-    is_val = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        n_val = int(np.floor(val_fraction * len(members) + 0.5))
-        if len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        else:
-            n_val = 0
-        order = members[np.lexsort((members, rank[members]))]
-        is_val[order[:n_val]] = True
-    return is_val
-
-
 class Galaxy10Dataset(torch.utils.data.Dataset):
     """Galaxy10 (DECals or SDSS) read straight from the HDF5 file; items are ``(PIL RGB image, label)``.
 
     The file is checked and its labels read once here; images are read on access through a handle opened
-    lazily in each process, so the dataset is safe with ``DataLoader(num_workers>0)``. ``split='train'`` or
-    ``'validation'`` selects the same stratified split that ``timm-astro galaxy10 prepare`` writes for the
-    same ``val_fraction`` and ``seed``; ``split=None`` gives every image. ``transform`` may be a timm
-    transform (``timm.data.create_transform``); timm's ``create_loader`` also sets it.
+    lazily in each process, so the dataset is safe with ``DataLoader(num_workers>0)``. ``split='train'``,
+    ``'validation'`` or ``'test'`` selects the same stratified split that ``timm-astro galaxy10 prepare`` writes
+    for the same ``val_fraction``, ``test_fraction`` and ``seed``; ``split=None`` gives every image.
+    ``transform`` may be a timm transform (``timm.data.create_transform``); timm's ``create_loader`` also sets it.
     """
 
     def __init__(
@@ -256,6 +224,7 @@ class Galaxy10Dataset(torch.utils.data.Dataset):
             path: Union[str, os.PathLike],
             split: Optional[str] = None,
             val_fraction: float = 0.1,
+            test_fraction: float = 0.0,
             seed: int = 0,
             transform: Optional[Callable] = None,
             target_transform: Optional[Callable] = None,
@@ -270,9 +239,11 @@ class Galaxy10Dataset(torch.utils.data.Dataset):
         else:
             split = {'val': 'validation', 'valid': 'validation'}.get(split, split)
             if split not in SPLITS:
-                raise Galaxy10Error(f"split must be None, 'train' or 'validation', got {split!r}")
-            is_val = stratified_split(info.labels, val_fraction, seed)
-            self.indices = np.flatnonzero(is_val if split == 'validation' else ~is_val)
+                raise Galaxy10Error(f"split must be None, 'train', 'validation' or 'test', got {split!r}")
+            if split == 'test' and not test_fraction:
+                raise Galaxy10Error("split='test' needs test_fraction > 0 (the fraction prepare --test-fraction used)")
+            splits = stratified_split(info.labels, val_fraction, test_fraction, seed)
+            self.indices = np.flatnonzero(splits == split)
         self.split = split
         self.targets: List[int] = info.labels[self.indices].tolist()
         self.transform = transform
@@ -300,6 +271,14 @@ class Galaxy10Dataset(torch.utils.data.Dataset):
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target
+
+    def metadata(self) -> Dict[str, List[str]]:
+        """The file's per-image columns (ra, dec, redshift, pxscale) for this dataset's images, as text ('' where
+        the file has no such column), plus ``index``, each image's row in the file."""
+        columns = _read_metadata(self.path, len(self.targets) and int(self.indices.max()) + 1)
+        out = {'index': [str(i) for i in self.indices.tolist()]}
+        out.update({key: [values[i] for i in self.indices.tolist()] for key, values in columns.items()})
+        return out
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -343,6 +322,7 @@ def _check_sha256(path: Path, expected: str, variant: Galaxy10Variant, progress:
 
 
 def _is_previous_output(out_dir: Path) -> bool:
+    """An output of an earlier version, which recorded itself in dataset.json only."""
     try:
         return json.loads((out_dir / 'dataset.json').read_text()).get('created_by') == CREATED_BY
     except (OSError, ValueError, AttributeError):
@@ -350,17 +330,9 @@ def _is_previous_output(out_dir: Path) -> bool:
 
 
 def _check_out_dir(out_dir: Path, h5_path: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise Galaxy10Error(f'{out_dir}: exists and is not a directory; expected a new or empty output directory')
     if out_dir.resolve() in h5_path.resolve().parents:
         raise Galaxy10Error(f'{out_dir}: contains the input file {h5_path}; choose an output directory elsewhere')
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise Galaxy10Error(f'{out_dir}: directory is not empty; pass --overwrite to replace it')
-        if not _is_previous_output(out_dir):
-            raise Galaxy10Error(
-                f'{out_dir}: not empty and not an earlier output of {CREATED_BY!r} (no dataset.json of ours); '
-                f'--overwrite only replaces such outputs, remove or rename it yourself')
+    check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY, is_own=_is_previous_output)
 
 
 def _read_metadata(path: Path, num_images: int) -> Dict[str, List[str]]:
@@ -389,23 +361,19 @@ def _save_image(array: np.ndarray, path: str, pil_format: str, options: dict) ->
     Image.fromarray(array).save(path, format=pil_format, **options)
 
 
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + '\n', encoding='utf-8')
-
-
 def _write_tree(
-        tmp_dir: Path, h5_path: Path, info: _H5Info, is_val: np.ndarray, image_format: str,
-        workers: int, chunk_bytes: int, progress: bool, seed: int, val_fraction: float,
+        tmp_dir: Path, h5_path: Path, info: _H5Info, splits: np.ndarray, image_format: str,
+        workers: int, chunk_bytes: int, progress: bool, settings: Dict[str, object],
 ) -> Dict[str, int]:
     from tqdm import tqdm
     variant = info.variant
     pil_format, ext, options = IMAGE_FORMATS[image_format]
     width = max(5, len(str(info.num_images - 1)))
-    splits = np.where(is_val, 'validation', 'train')
+    used_splits = [split for split in SPLITS if split != 'test' or settings['test_fraction']]
     files = [
         f'{split}/{variant.class_folders[label]}/{index:0{width}d}{ext}'
         for index, (split, label) in enumerate(zip(splits, info.labels))]
-    for split in SPLITS:
+    for split in used_splits:
         for folder in variant.class_folders:
             (tmp_dir / split / folder).mkdir(parents=True)
     metadata = _read_metadata(h5_path, info.num_images)
@@ -445,9 +413,9 @@ def _write_tree(
             writer.writerow(
                 [index, label, variant.class_names[label], splits[index]]
                 + [metadata[key][index] for key in METADATA_KEYS] + [files[index]])
-    _write_json(tmp_dir / 'class_names.json', list(variant.class_names))
-    counts = {split: int((splits == split).sum()) for split in SPLITS}
-    _write_json(tmp_dir / 'dataset.json', {
+    write_json(tmp_dir / 'class_names.json', list(variant.class_names))
+    counts = {split: int((splits == split).sum()) for split in used_splits}
+    write_json(tmp_dir / 'dataset.json', {
         'created_by': CREATED_BY,
         'dataset': variant.name,
         'source': h5_path.name,
@@ -455,36 +423,16 @@ def _write_tree(
         'num_classes': len(variant.class_names),
         'image_size': [variant.image_size, variant.image_size],
         'format': image_format,
-        'val_fraction': val_fraction,
-        'seed': seed,
+        **settings,
         'splits': counts,
         'classes': [
             {
                 'label': label, 'name': name, 'folder': variant.class_folders[label],
-                **{split: int(((info.labels == label) & (splits == split)).sum()) for split in SPLITS},
+                **{split: int(((info.labels == label) & (splits == split)).sum()) for split in used_splits},
             }
             for label, name in enumerate(variant.class_names)],
     })
     return counts
-
-
-def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename the finished ``tmp_dir`` to ``out_dir``; an existing ``out_dir`` is removed only afterwards."""
-    old = None
-    if out_dir.exists():
-        if any(out_dir.iterdir()):
-            old = out_dir.with_name(f'.{out_dir.name}.old-{secrets.token_hex(4)}')
-            out_dir.rename(old)
-        else:
-            out_dir.rmdir()
-    try:
-        tmp_dir.rename(out_dir)
-    except BaseException:
-        if old is not None:
-            old.rename(out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
@@ -502,6 +450,7 @@ def prepare_galaxy10(
         val_fraction: float = 0.1,
         seed: int = 0,
         image_format: str = 'png',
+        test_fraction: float = 0.0,
         sha256: Optional[str] = None,
         overwrite: bool = False,
         workers: Optional[int] = None,
@@ -512,118 +461,23 @@ def prepare_galaxy10(
 
     Everything is checked before anything is written; images are streamed ``chunk_bytes`` at a time into a
     temporary directory beside ``out_dir`` that is renamed into place only when complete, and removed on
-    any failure or interrupt. ``sha256`` is a hex digest to expect, or ``'published'`` for the published
+    any failure or interrupt (``timm_astro.outputs.atomic_output_dir``). ``test_fraction`` > 0 adds a held-out
+    ``test/`` split. ``sha256`` is a hex digest to expect, or ``'published'`` for the published
     Galaxy10_DECals.h5. Same arguments, same bytes: nothing time- or machine-dependent goes into the files.
     """
     start_time = time.monotonic()
     h5_path, out_dir = Path(h5_path), Path(out_dir)
     if image_format not in IMAGE_FORMATS:
         raise Galaxy10Error(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
-    if not 0.0 < val_fraction < 1.0:
-        raise Galaxy10Error(f'--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}')
+    stratified_split([0, 0, 0], val_fraction, test_fraction, seed)  # checks the split arguments
     workers = workers or min(8, os.cpu_count() or 1)
     _import_h5py()
     info = _inspect(h5_path)
     _check_out_dir(out_dir, h5_path, overwrite)
     if sha256:
         _check_sha256(h5_path, sha256, info.variant, progress)
-    is_val = stratified_split(info.labels, val_fraction, seed)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.with_name(f'.{out_dir.name}.partial-{secrets.token_hex(4)}')
-    tmp_dir.mkdir()  # beside out_dir, so the final rename stays on one filesystem
-    try:
-        try:
-            counts = _write_tree(
-                tmp_dir, h5_path, info, is_val, image_format, workers, chunk_bytes, progress, seed, val_fraction)
-            _move_into_place(tmp_dir, out_dir)
-        except OSError as e:  # disk full, permissions, ...
-            raise Galaxy10Error(f'cannot write {out_dir}: {e}') from None
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    splits = stratified_split(info.labels, val_fraction, test_fraction, seed)
+    settings = {'val_fraction': val_fraction, 'test_fraction': test_fraction, 'seed': seed}
+    with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite, is_own=_is_previous_output) as tmp_dir:
+        counts = _write_tree(tmp_dir, h5_path, info, splits, image_format, workers, chunk_bytes, progress, settings)
     return PrepareResult(info.variant, out_dir, info.num_images, counts, time.monotonic() - start_time)
-
-
-def _sha256_arg(value: str) -> str:
-    if value == 'published' or re.fullmatch(r'[0-9a-fA-F]{64}', value):
-        return value
-    raise argparse.ArgumentTypeError(
-        f'expected 64 hex digits (or nothing, for the published Galaxy10_DECals.h5 checksum), got {value!r}; '
-        f'a bare --sha256 goes after the file names')
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='timm-astro galaxy10', description='Galaxy10 DECals / SDSS tools.')
-    commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
-    prep = commands.add_parser(
-        'prepare', help='turn the published HDF5 file into an ImageFolder timm train.py reads',
-        description='Write OUT_DIR/train/<class>/, OUT_DIR/validation/<class>/, manifest.csv, class_names.json '
-                    'and dataset.json from Galaxy10_DECals.h5 (or the older SDSS Galaxy10.h5). '
-                    'Then: train.py --data-dir OUT_DIR --num-classes 10.')
-    prep.add_argument('h5', type=Path, metavar='H5', help='Galaxy10_DECals.h5 or Galaxy10.h5 (SDSS)')
-    prep.add_argument('out_dir', type=Path, metavar='OUT_DIR',
-                      help='output directory: new, empty, or (with --overwrite) an earlier output')
-    prep.add_argument('--val-fraction', type=float, default=0.1,
-                      help='fraction of each class put in validation (default: 0.1)')
-    prep.add_argument('--seed', type=int, default=0, help='seed of the stratified split (default: 0)')
-    prep.add_argument('--format', dest='image_format', choices=sorted(IMAGE_FORMATS), default='png',
-                      help='png is lossless (default); jpeg (quality 95) is ~3x smaller and much faster to write')
-    prep.add_argument('--sha256', type=_sha256_arg, nargs='?', const='published', metavar='HEX',
-                      help='check the file first: against HEX, or without a value against the published '
-                           'Galaxy10_DECals.h5 checksum')
-    prep.add_argument('--overwrite', action='store_true',
-                      help='replace OUT_DIR if it holds an earlier output of this command')
-    prep.add_argument('--workers', type=int, default=None,
-                      help='image-encoding threads (default: CPU count, at most 8); does not change the output')
-    prep.add_argument('--no-progress', action='store_true', help='no progress bar')
-    return parser
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """``timm-astro galaxy10 prepare H5 OUT_DIR [...]``; returns the exit code."""
-    parser = _build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error argparse has already printed
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-    if args.workers is not None and args.workers < 1:
-        print(f'{parser.prog}: error: --workers must be at least 1, got {args.workers}', file=sys.stderr)
-        return 2
-
-    restore_sigterm = None
-    if threading.current_thread() is threading.main_thread():
-        # treat a polite kill like Ctrl-C, so the temporary directory is removed either way
-        restore_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        result = prepare_galaxy10(
-            args.h5, args.out_dir, val_fraction=args.val_fraction, seed=args.seed,
-            image_format=args.image_format, sha256=args.sha256, overwrite=args.overwrite,
-            workers=args.workers, progress=not args.no_progress)
-    except MissingDependency as e:
-        print(f'timm-astro galaxy10: {e}', file=sys.stderr)
-        return 2
-    except Galaxy10Error as e:
-        print(f'timm-astro galaxy10: error: {e}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'timm-astro galaxy10: interrupted; {args.out_dir} was not written', file=sys.stderr)
-        return 130
-    finally:
-        if restore_sigterm is not None:
-            signal.signal(signal.SIGTERM, restore_sigterm)
-
-    n, s = result.num_images, result.seconds
-    print(f"{result.variant.name}: {n} images -> {result.out_dir} (train {result.splits['train']}, "
-          f"validation {result.splits['validation']}) in {s:.1f} s, {n / max(s, 1e-9):.0f} images/s")
-    print(f'train with: train.py --data-dir {result.out_dir} --num-classes {len(result.variant.class_names)}')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -6,9 +6,9 @@ validate.py, benchmark.py and inference.py have no such option. This runner impo
 arguments that otherwise fail late or silently (model name, ImageFolder layout, num_classes, unknown config keys),
 then runs the unchanged script as ``__main__``::
 
-    python -m timm_astro.run pytorch-image-models/train.py DATA_DIR --config train_configs/galaxy10_astroformer_3.yaml
+    python -m timm_astro run pytorch-image-models/train.py DATA_DIR --config train_configs/galaxy10_astroformer_3.yaml
     timm-astro run pytorch-image-models/validate.py DATA_DIR --split validation --model astroformer_3 --checkpoint ...
-    torchrun --nproc_per_node 8 -m timm_astro.run pytorch-image-models/train.py DATA_DIR --config ...
+    torchrun --nproc_per_node 8 -m timm_astro run pytorch-image-models/train.py DATA_DIR --config ...
 
 The checks read the arguments with the script's own parser (and, for train.py, its --config handling), so they see
 exactly what the script will see. ``--no-check`` skips them.
@@ -32,7 +32,7 @@ EXTRA_CONFIG_KEYS: Set[str] = {'label_names'}
 
 _PROG = 'timm-astro run'
 _USAGE = f"""usage: {_PROG} [--no-check] SCRIPT.py [SCRIPT ARGS...]
-       python -m timm_astro.run [--no-check] SCRIPT.py [SCRIPT ARGS...]
+       python -m timm_astro run [--no-check] SCRIPT.py [SCRIPT ARGS...]
 
 Runs a pytorch-image-models script (train.py, validate.py, benchmark.py, inference.py) with the Astroformer models
 registered. Before it starts, the model name, the ImageFolder layout of the data folder, num_classes and the keys

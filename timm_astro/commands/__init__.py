@@ -1,0 +1,75 @@
+"""The ``timm-astro`` commands, one thin module per command.
+
+A command parses its arguments, calls the library and turns the errors a user can fix into one line on stderr and
+exit code 2 (``run_command``); anything unexpected keeps its traceback. Imports point one way: commands import the
+library (``timm_astro.models``, ``data``, ``hub``, ``evaluation``, ...), the library never imports a command.
+"""
+import errno
+import signal
+import sys
+import threading
+from typing import Callable, Optional
+
+from timm_astro.errors import UserError
+
+__all__ = ['run_command', 'say_error']
+
+
+def say_error(prog: str, message: str, secret: Optional[str] = None) -> int:
+    """Print ``prog: error: message`` as one line (a secret such as a token masked); returns exit code 2."""
+    if secret:
+        message = message.replace(secret, '***')
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def _os_error_message(e: OSError) -> str:
+    where = f'{e.filename}: ' if getattr(e, 'filename', None) else ''
+    if e.errno == errno.ENOSPC:
+        return f'{where}no space left on the device; free some space or choose another location'
+    if isinstance(e, PermissionError):
+        return f'{where}permission denied; choose a location you can write to (or read)'
+    if e.errno == errno.EROFS:
+        return f'{where}the file system is read-only; choose another location'
+    return f'{where}{e.strerror or e}'
+
+
+def run_command(
+        prog: str,
+        func: Callable[[], Optional[int]],
+        secret: Optional[str] = None,
+        translate: Optional[Callable[[BaseException], Optional[str]]] = None,
+) -> int:
+    """Run a command's body; expected failures become one line on stderr and a non-zero exit code.
+
+    Args:
+        prog: The command's name, the prefix of every message (``timm-astro export``).
+        func: The command's body; returns an exit code or None (0).
+        secret: Text never to show (a token); replaced by ``***`` in every message.
+        translate: Maps further expected exceptions (a library's own types) to a message, or None to re-raise.
+    """
+    restore_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        # a polite kill (SIGTERM) unwinds like Ctrl-C, so partial outputs are removed either way
+        restore_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return int(func() or 0)
+    except KeyboardInterrupt:
+        say_error(prog, 'interrupted; nothing was left half-written')
+        return 130
+    except UserError as e:
+        return say_error(prog, str(e), secret)
+    except Exception as e:  # noqa: BLE001 (narrowed below: unexpected errors are re-raised with their traceback)
+        message = translate(e) if translate is not None else None
+        if message is None and isinstance(e, OSError):
+            message = _os_error_message(e)
+        if message is None:
+            raise
+        return say_error(prog, message, secret)
+    finally:
+        if restore_sigterm is not None:
+            signal.signal(signal.SIGTERM, restore_sigterm)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
