@@ -12,6 +12,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'demo': ('demo', 'train astroformer_small on synthetic galaxies, end to end, no downloads'),
     'run': ('run', 'run a timm script (train.py, validate.py, ...) with the models registered'),
     'galaxy10': ('galaxy10', 'turn the published Galaxy10 HDF5 file into an ImageFolder'),
+    'import': ('import_images', 'turn your copy of a public set of real galaxy images into an ImageFolder'),
     'export': ('export', 'turn a train.py checkpoint into a Hub-ready folder'),
     'push': ('push', 'upload a checkpoint or exported folder to the Hugging Face Hub'),
     'models': ('models', 'print the model table (params, GMACs, default input size)'),

@@ -1,0 +1,285 @@
+"""Real labelled galaxy images from public copies, as the ImageFolder our tools and timm's scripts read.
+
+``import_images(source, src, out_dir)`` (``timm-astro import SOURCE SRC OUT_DIR``) reads the user's own copy of one
+of the sources below, never a download, and writes ``OUT_DIR/{train,validation,test}/<class folder>/<file>``
+(files copied byte for byte), ``manifest.csv`` (one row per image: file, split, label, class name, source file and
+the source's own columns), ``class_names.json`` and ``dataset.json``. The split is stratified and seeded
+(``timm_astro.data.splits``), or the source's published one (``split='source'``, FIRST only). The output is built
+beside ``OUT_DIR`` and renamed into place when complete (``timm_astro.outputs``).
+
+Sources (none states a licence for its images: keep them out of version control and cite where they came from):
+
+* ``galaxy10-decals-sample``: 1,000 Galaxy10 DECals images (256x256 RGB JPEG, 100 per class) from the GitHub
+  repository suraj-sharma3/Galaxy-Type-Prediction-With-Vision-Transformer, folder ``galaxy_type_dataset``
+  (``<Class_Name>/image_<index>_<label>.jpg``, label = the Galaxy10 id). Same class folders as
+  ``timm-astro galaxy10 prepare``, so models trained on one evaluate on the other.
+* ``gz2-sample``: 1,000 Galaxy Zoo 2 SDSS images (224x224 RGB JPEG) from LevIgnatev/galaxy_morphology,
+  ``data/labels/labels_manifest_1000.csv`` (``derived_label``: spiral / elliptical / edge-on / merger, 250 each)
+  and ``data/labels/thumbs/``.
+* ``first``: 2,158 FIRST radio galaxies (300x300 greyscale PNG; FRI, FRII, Compact, Bent) from the PyPI package
+  ``firstgalaxydata==0.2.1``: its ``galaxy_data.zip`` (or that zip unpacked), with a published
+  train / valid / test split.
+"""
+import csv
+import os
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from timm_astro.data.galaxy10 import GALAXY10_DECALS_CLASSES, class_folder_name
+from timm_astro.data.splits import SPLITS, stratified_split
+from timm_astro.errors import UserError
+from timm_astro.outputs import atomic_output_dir, check_output_location, write_json
+
+__all__ = ['ImageSource', 'SourceImage', 'SOURCES', 'ImportResult', 'import_images', 'find_source_images']
+
+PathLike = Union[str, os.PathLike]
+CREATED_BY = 'timm-astro import'
+MANIFEST_COLUMNS = ('file', 'split', 'label', 'class_name', 'source_file')
+
+
+@dataclass
+class SourceImage:
+    """One labelled image of a source: where it is, its label, and the source's own columns for the manifest."""
+    source_file: str  # path relative to the source root (or inside its zip): stable, used as the split key
+    label: int
+    read: Callable[[], bytes]
+    file_name: str  # name in the output class folder
+    source_split: Optional[str] = None  # the source's published split, if it has one
+    columns: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A public copy of labelled galaxy images, and how to read the user's copy of it."""
+    key: str
+    title: str
+    class_names: Tuple[str, ...]
+    expected: str  # what SRC should be, for error messages
+    find: Callable[[Path], List[SourceImage]]
+    extra_columns: Tuple[str, ...] = ()
+    has_source_split: bool = False
+
+    @property
+    def class_folders(self) -> Tuple[str, ...]:
+        return tuple(class_folder_name(label, name) for label, name in enumerate(self.class_names))
+
+
+def _file_reader(path: Path) -> Callable[[], bytes]:
+    return path.read_bytes
+
+
+def _find_galaxy10_sample(src: Path) -> List[SourceImage]:
+    root = src / 'galaxy_type_dataset' if (src / 'galaxy_type_dataset').is_dir() else src
+    pattern = re.compile(r'^image_(\d+)_(\d)\.jpe?g$', re.IGNORECASE)
+    folders = {re.sub(r'[^a-z0-9]+', '', name.lower()): label for label, name in enumerate(GALAXY10_DECALS_CLASSES)}
+    images = []
+    for path in sorted(root.glob('*/*')):
+        match = pattern.match(path.name)
+        if not match or not path.is_file():
+            continue
+        label = int(match.group(2))
+        folder_label = folders.get(re.sub(r'[^a-z0-9]+', '', path.parent.name.lower()))
+        if folder_label is None:
+            raise UserError(f'{path.parent}: not a Galaxy10 DECals class folder (expected one of: '
+                            f"{', '.join(n.replace(' ', '_') for n in GALAXY10_DECALS_CLASSES)})")
+        if folder_label != label:
+            raise UserError(f'{path}: its name says label {label} ({GALAXY10_DECALS_CLASSES[label]}) but it is in the '
+                            f'folder of label {folder_label} ({path.parent.name})')
+        images.append(SourceImage(
+            source_file=path.relative_to(root).as_posix(), label=label, read=_file_reader(path), file_name=path.name,
+            columns={'source_index': match.group(1)}))
+    return images
+
+
+GZ2_CLASSES = ('spiral', 'elliptical', 'edge-on', 'merger')
+GZ2_COLUMNS = ('objid', 'asset_id', 'gz2_class')
+
+
+def _find_gz2_sample(src: Path) -> List[SourceImage]:
+    candidates = [src / 'data' / 'labels' / 'labels_manifest_1000.csv', src / 'labels_manifest_1000.csv']
+    manifest = next((c for c in candidates if c.is_file()), None)
+    if manifest is None:
+        raise UserError(f'{src}: no labels_manifest_1000.csv (looked for {", ".join(str(c) for c in candidates)})')
+    # the manifest names files relative to the repository root (data/labels/thumbs/<asset_id>.jpg)
+    repo_root = manifest.parents[2] if manifest.parent.name == 'labels' and manifest.parent.parent.name == 'data' \
+        else manifest.parent
+    with open(manifest, newline='', encoding='utf-8') as f:
+        rows = list(csv.DictReader(f))
+    missing = [c for c in ('derived_label', 'filepath') if rows and c not in rows[0]]
+    if not rows or missing:
+        raise UserError(f'{manifest}: expected columns derived_label and filepath (missing: {missing or "all rows"})')
+    images = []
+    for row in rows:
+        name = row['derived_label'].strip()
+        if name not in GZ2_CLASSES:
+            raise UserError(f"{manifest}: derived_label {name!r} (objid {row.get('objid')}) is not one of "
+                            f"{', '.join(GZ2_CLASSES)}")
+        path = repo_root / row['filepath']
+        if not path.is_file():
+            path = manifest.parent / 'thumbs' / Path(row['filepath']).name
+        if not path.is_file():
+            raise UserError(f'{manifest}: names {row["filepath"]}, which is not in the copy at {src}')
+        images.append(SourceImage(
+            source_file=Path(row['filepath']).as_posix(), label=GZ2_CLASSES.index(name), read=_file_reader(path),
+            file_name=path.name, columns={c: row.get(c, '') for c in GZ2_COLUMNS}))
+    return images
+
+
+FIRST_CLASSES = ('FRI', 'FRII', 'Compact', 'Bent')  # the label ids of firstgalaxydata's file names
+FIRST_SPLITS = {'train': 'train', 'valid': 'validation', 'test': 'test'}
+_FIRST_NAME = re.compile(r'^(?P<ra>-?\d+(?:\.\d+)?)_(?P<dec>-?\d+(?:\.\d+)?)_(?P<label>\d)_(?P<catalog>.+)\.png$')
+
+
+def _find_first(src: Path) -> List[SourceImage]:
+    """``galaxy_data.zip`` of firstgalaxydata, or the folder it unpacks to; the ``all/`` copy is skipped."""
+    entries: List[Tuple[str, Callable[[], bytes]]] = []
+    if src.is_file():
+        if not zipfile.is_zipfile(src):
+            raise UserError(f'{src}: not a zip file; expected galaxy_data.zip from the firstgalaxydata wheel')
+        with zipfile.ZipFile(src) as archive:
+            names = [n for n in archive.namelist() if n.lower().endswith('.png')]
+
+        def reader(name: str) -> Callable[[], bytes]:
+            def read() -> bytes:
+                with zipfile.ZipFile(src) as archive:
+                    return archive.read(name)
+            return read
+        entries = [(name, reader(name)) for name in names]
+    else:
+        root = src / 'galaxy_data' if (src / 'galaxy_data').is_dir() else src
+        entries = [(p.relative_to(root.parent).as_posix(), _file_reader(p)) for p in sorted(root.rglob('*.png'))]
+    images = []
+    for name, read in sorted(entries):
+        parts = name.split('/')
+        split = next((FIRST_SPLITS[p] for p in parts[:-1] if p in FIRST_SPLITS), None)
+        if split is None:
+            continue  # galaxy_data/all/ repeats the three splits
+        match = _FIRST_NAME.match(parts[-1])
+        if not match or int(match.group('label')) >= len(FIRST_CLASSES):
+            raise UserError(f'{src}: {name} is not named <ra>_<dec>_<label 0-3>_<catalog>.png as firstgalaxydata names '
+                            f'its images')
+        label = int(match.group('label'))
+        if parts[-2] != FIRST_CLASSES[label]:
+            raise UserError(f'{src}: {name} has label {label} ({FIRST_CLASSES[label]}) but sits in folder {parts[-2]}')
+        images.append(SourceImage(
+            source_file=name, label=label, read=read, file_name=parts[-1], source_split=split,
+            columns={'ra': match.group('ra'), 'dec': match.group('dec'), 'catalog': match.group('catalog')}))
+    return images
+
+
+SOURCES: Dict[str, ImageSource] = {s.key: s for s in (
+    ImageSource(
+        'galaxy10-decals-sample', 'Galaxy10 DECals sample (suraj-sharma3/Galaxy-Type-Prediction-With-Vision-'
+        'Transformer)', GALAXY10_DECALS_CLASSES,
+        'the galaxy_type_dataset folder of that repository (or the repository itself)',
+        _find_galaxy10_sample, extra_columns=('source_index',)),
+    ImageSource(
+        'gz2-sample', 'Galaxy Zoo 2 sample (LevIgnatev/galaxy_morphology)', GZ2_CLASSES,
+        'that repository (with data/labels/labels_manifest_1000.csv and data/labels/thumbs/)',
+        _find_gz2_sample, extra_columns=GZ2_COLUMNS),
+    ImageSource(
+        'first', 'FIRST radio galaxies (PyPI firstgalaxydata 0.2.1)', FIRST_CLASSES,
+        "galaxy_data.zip from the firstgalaxydata wheel, or the folder it unpacks to",
+        _find_first, extra_columns=('ra', 'dec', 'catalog'), has_source_split=True),
+)}
+
+
+def _source(key: str) -> ImageSource:
+    if key not in SOURCES:
+        raise UserError(f"unknown source {key!r}; expected one of: {', '.join(SOURCES)}")
+    return SOURCES[key]
+
+
+def find_source_images(source: str, src: PathLike) -> List[SourceImage]:
+    """The labelled images of the user's copy ``src`` of ``source``, in a deterministic order."""
+    spec, src = _source(source), Path(src)
+    if not src.exists():
+        raise UserError(f'{src}: no such file or folder; expected {spec.expected}')
+    images = spec.find(src)
+    if not images:
+        raise UserError(f'{src}: no images of {spec.title} found; expected {spec.expected}')
+    return images
+
+
+@dataclass
+class ImportResult:
+    source: ImageSource
+    out_dir: Path
+    splits: Dict[str, int]
+
+
+def import_images(
+        source: str,
+        src: PathLike,
+        out_dir: PathLike,
+        *,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        split: str = 'stratified',
+        overwrite: bool = False,
+) -> ImportResult:
+    """Write the ImageFolder, manifest and class names of the user's copy ``src`` of ``source`` into ``out_dir``.
+
+    Args:
+        source: A key of ``SOURCES``.
+        src: The user's copy (see the module docstring for each source).
+        out_dir: The folder to write: new, empty, or (``overwrite``) an earlier output of this function.
+        val_fraction, test_fraction, seed: The stratified split (``split='stratified'``).
+        split: ``'stratified'``, or ``'source'`` to keep the source's published split (FIRST).
+    """
+    spec = _source(source)
+    if split not in ('stratified', 'source'):
+        raise UserError(f"split must be 'stratified' or 'source', got {split!r}")
+    if split == 'source' and not spec.has_source_split:
+        raise UserError(f"{spec.key} has no published split; use split='stratified'")
+    stratified_split([0, 0, 0], val_fraction, test_fraction, seed)  # checks the split arguments before any work
+    check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY)
+    images = find_source_images(source, src)
+    names = Counter((image.label, image.file_name) for image in images)
+    clashes = [name for name, count in names.items() if count > 1]
+    if clashes:
+        raise UserError(f'{src}: {len(clashes)} file names occur twice in one class (e.g. {clashes[0][1]})')
+    labels = np.array([image.label for image in images])
+    if split == 'source':
+        splits = np.array([image.source_split for image in images])
+        settings = {'split': 'source'}
+    else:
+        splits = stratified_split(labels, val_fraction, test_fraction, seed, keys=[i.source_file for i in images])
+        settings = {'split': 'stratified', 'val_fraction': val_fraction, 'test_fraction': test_fraction, 'seed': seed}
+    used = [s for s in SPLITS if (splits == s).any()]
+    columns = MANIFEST_COLUMNS + spec.extra_columns
+    with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite) as tmp:
+        rows = []
+        for image, image_split in zip(images, splits):
+            rel = f'{image_split}/{spec.class_folders[image.label]}/{image.file_name}'
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(image.read())
+            rows.append([rel, image_split, image.label, spec.class_names[image.label], image.source_file]
+                        + [image.columns.get(c, '') for c in spec.extra_columns])
+        with open(tmp / 'manifest.csv', 'w', newline='', encoding='utf-8') as f:
+            writer = csv.writer(f, lineterminator='\n')
+            writer.writerow(columns)
+            writer.writerows(rows)
+        write_json(tmp / 'class_names.json', list(spec.class_names))
+        counts = {s: int((splits == s).sum()) for s in used}
+        write_json(tmp / 'dataset.json', {
+            'created_by': CREATED_BY,
+            'source': spec.key,
+            'title': spec.title,
+            'num_images': len(images),
+            'num_classes': len(spec.class_names),
+            **settings,
+            'splits': counts,
+            'classes': [
+                {'label': label, 'name': name, 'folder': spec.class_folders[label],
+                 **{s: int(((labels == label) & (splits == s)).sum()) for s in used}}
+                for label, name in enumerate(spec.class_names)],
+        })
+    return ImportResult(spec, Path(out_dir), counts)

@@ -1,0 +1,267 @@
+"""Evaluate a classifier on a labelled split: per-class metrics, calibration, and the same with test-time symmetry.
+
+``open_labelled_data`` reads an ImageFolder split (``DATA/test`` or ``DATA`` with ``split='test'``) or a
+Galaxy10-schema HDF5 file; ``evaluate`` runs the model over it once per symmetry view and scores both the plain
+prediction (the identity view) and the view average; ``write_report`` writes ``metrics.json``,
+``confusion_matrix.png``, ``reliability.png`` and ``predictions.csv`` into a folder, atomically.
+"""
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from timm_astro.errors import UserError
+from timm_astro.evaluation.metrics import classification_metrics, predictive_entropy, reliability_bins
+from timm_astro.evaluation.tta import TTA_MODES, view_probabilities
+from timm_astro.outputs import atomic_output_dir, write_json
+
+__all__ = [
+    'LabelledData', 'Evaluation', 'open_labelled_data', 'collect_view_probabilities', 'evaluate', 'write_report',
+    'label_names_for',
+]
+
+PathLike = Union[str, os.PathLike]
+H5_SUFFIXES = ('.h5', '.hdf5')
+CREATED_BY = 'timm-astro evaluate'
+
+
+@dataclass
+class LabelledData:
+    """A labelled dataset and what a report needs about it: where it came from, its class names, item ids."""
+    dataset: torch.utils.data.Dataset
+    source: str
+    class_names: List[str]
+    item_ids: List[str]  # file path (relative to the data folder) or HDF5 row, one per item
+    targets: List[int]
+    columns: Dict[str, List[str]] = field(default_factory=dict)  # extra per-item columns (sky coordinates)
+
+
+def _has_split_folders(root: Path) -> List[str]:
+    return [name for name in ('train', 'validation', 'val', 'test') if (root / name).is_dir()]
+
+
+def open_labelled_data(
+        data: PathLike,
+        split: Optional[str] = None,
+        *,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+) -> LabelledData:
+    """An ImageFolder (``data`` itself, or its ``split`` sub-folder) or a Galaxy10-schema HDF5 file's ``split``."""
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f'{path}: no such file or folder; expected an ImageFolder split (DATA/test/<class>/...) or '
+                        f'a Galaxy10-schema HDF5 file')
+    if path.is_file():
+        if path.suffix.lower() not in H5_SUFFIXES:
+            raise UserError(f'{path}: a file that is not HDF5 ({", ".join(H5_SUFFIXES)}); expected an ImageFolder '
+                            f'folder or a Galaxy10-schema HDF5 file')
+        from timm_astro.data.galaxy10 import Galaxy10Dataset
+        if split is None:
+            raise UserError(f'{path}: an HDF5 file holds every split; say which with --split train|validation|test '
+                            f'(and the --val-fraction / --test-fraction / --seed it was split with)')
+        dataset = Galaxy10Dataset(path, split=split, val_fraction=val_fraction, test_fraction=test_fraction,
+                                  seed=seed)
+        meta = dataset.metadata()
+        return LabelledData(dataset, f'{path} [{split}]', list(dataset.classes), meta.pop('index'),
+                            list(dataset.targets), meta)
+    root = path / split if split else path
+    if split and not root.is_dir():
+        found = _has_split_folders(path)
+        raise UserError(f'{root}: no such split folder in {path} (found: {", ".join(found) or "none"})')
+    if not split and _has_split_folders(root) and not any(f.is_file() for f in root.iterdir()):
+        raise UserError(f'{root} holds the splits {", ".join(_has_split_folders(root))}: pass --split (e.g. test), '
+                        f'or the split folder itself')
+    from timm.data import create_dataset
+    dataset = create_dataset('', root=str(root), split='')
+    samples = dataset.reader.samples
+    if not samples:
+        raise UserError(f'{root}: no images found; expected {root}/<class name>/<image files>')
+    class_names = sorted(dataset.reader.class_to_idx, key=dataset.reader.class_to_idx.get)
+    ids = [Path(p).relative_to(root).as_posix() for p, _ in samples]
+    return LabelledData(dataset, str(root), class_names, ids, [int(t) for _, t in samples])
+
+
+def label_names_for(model: nn.Module, data_class_names: Sequence[str]) -> List[str]:
+    """The model's own label names (config ``label_names``), else the data's class names; raises if the class
+    counts differ, since every index would then be wrong."""
+    num_classes = getattr(model, 'num_classes', None)
+    if num_classes is not None and num_classes != len(data_class_names):
+        raise UserError(f'the model predicts {num_classes} classes but the data has {len(data_class_names)} '
+                        f'({", ".join(list(data_class_names)[:5])}{", ..." if len(data_class_names) > 5 else ""})')
+    names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    if names and len(names) == len(data_class_names):
+        return [str(n) for n in (names.values() if isinstance(names, dict) else names)]
+    return list(data_class_names)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r'[^a-z0-9]+', '', re.sub(r'^\d+_', '', name.lower()))
+
+
+def label_mismatches(label_names: Sequence[str], data_class_names: Sequence[str]) -> List[str]:
+    """Class positions where the model's label name and the data's class folder name plainly disagree."""
+    return [f'{i}: model {a!r}, data {b!r}' for i, (a, b) in enumerate(zip(label_names, data_class_names))
+            if _slug(a) != _slug(b)]
+
+
+@torch.no_grad()
+def collect_view_probabilities(
+        model: nn.Module,
+        loader,
+        tta: str = 'none',
+        device: Union[str, torch.device] = 'cpu',
+        progress: bool = True,
+        desc: str = 'evaluate',
+) -> torch.Tensor:
+    """Probabilities of every image under every view, ``[N, views, classes]``, in the loader's order."""
+    model.eval()
+    chunks = []
+    total = len(loader.dataset) if hasattr(loader, 'dataset') else None
+    with tqdm(total=total, unit='img', desc=desc, disable=None if progress else True, leave=False) as bar:
+        for images, _ in loader:
+            chunks.append(view_probabilities(model, images.to(device), tta).transpose(0, 1).cpu())
+            bar.update(images.shape[0])
+    if not chunks:
+        raise UserError('the data loader yielded no images')
+    return torch.cat(chunks)
+
+
+@dataclass
+class Evaluation:
+    """Scores of one model on one split: ``metrics[mode]`` for 'none' and (with TTA) the TTA mode."""
+    model_name: str
+    data: LabelledData
+    label_names: List[str]
+    tta: str
+    view_probs: torch.Tensor  # [N, views, C]
+    targets: torch.Tensor
+    metrics: Dict[str, Dict[str, Any]]
+    data_config: Dict[str, Any]
+    warnings: List[str] = field(default_factory=list)
+
+    def probs(self, mode: str) -> torch.Tensor:
+        return self.view_probs[:, 0] if mode == 'none' else self.view_probs.mean(1)
+
+
+def evaluate(
+        model: nn.Module,
+        data: LabelledData,
+        *,
+        data_config: Optional[Dict[str, Any]] = None,
+        tta: str = 'none',
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Union[str, torch.device] = 'cpu',
+        progress: bool = True,
+) -> Evaluation:
+    """Score ``model`` on ``data`` without and (``tta`` 'flip' or 'd4') with test-time symmetry averaging.
+
+    ``data_config`` defaults to ``timm.data.resolve_model_data_config(model)`` (the model's own input size,
+    interpolation, crop and normalisation); the same eval transform as timm's validate.py is used.
+    """
+    from timm.data import create_loader, resolve_model_data_config
+    if tta not in TTA_MODES:
+        raise UserError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    label_names = label_names_for(model, data.class_names)
+    warnings = []
+    mismatched = label_mismatches(label_names, data.class_names)
+    if mismatched and label_names != data.class_names:
+        warnings.append(f"the model's label names and the data's class folders differ at {len(mismatched)} "
+                        f"position(s) ({'; '.join(mismatched[:3])}): check that both use the same class order")
+    config = resolve_model_data_config(model)
+    config.update(data_config or {})
+    loader = create_loader(
+        data.dataset, input_size=config['input_size'], batch_size=batch_size, is_training=False,
+        interpolation=config['interpolation'], mean=config['mean'], std=config['std'], crop_pct=config['crop_pct'],
+        crop_mode=config.get('crop_mode'), num_workers=workers, use_prefetcher=False, device=torch.device(device))
+    view_probs = collect_view_probabilities(model.to(device), loader, tta, device, progress,
+                                            desc=f'evaluate ({len(TTA_MODES[tta])} view{"s" if tta != "none" else ""})')
+    targets = torch.tensor(data.targets)
+    metrics = {'none': classification_metrics(view_probs[:, 0], targets, label_names)}
+    if tta != 'none':
+        metrics[tta] = classification_metrics(view_probs.mean(1), targets, label_names)
+    name = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__
+    return Evaluation(name, data, label_names, tta, view_probs, targets, metrics, config, warnings)
+
+
+SUMMARY_KEYS = ('top1', 'top5', 'balanced_accuracy', 'macro_f1', 'log_loss', 'ece')
+
+
+def summary_table(evaluation: Evaluation) -> str:
+    """The headline metrics as a small text table, one column per mode (plain, and TTA when used)."""
+    modes = list(evaluation.metrics)
+    header = ['metric'] + ['plain' if m == 'none' else f'tta {m}' for m in modes]
+    rows = [[key] + [f"{evaluation.metrics[m][key]:.2f}" if key != 'log_loss' else f"{evaluation.metrics[m][key]:.4f}"
+                     for m in modes]
+            for key in SUMMARY_KEYS if key in evaluation.metrics['none']]
+    width = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ['  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width)))
+             for r in [header] + rows]
+    return '\n'.join(lines)
+
+
+def _csv_rows(evaluation: Evaluation) -> List[List[Any]]:
+    names, modes = evaluation.label_names, list(evaluation.metrics)
+    header = ['id', 'target', 'target_name']
+    for mode in modes:
+        prefix = '' if mode == 'none' else f'{mode}_'
+        header += [f'{prefix}prediction', f'{prefix}prediction_name', f'{prefix}confidence', f'{prefix}correct']
+    shown = modes[-1]
+    header += [f'prob_{n}' for n in names] + ['entropy'] + list(evaluation.data.columns)
+    rows = [header]
+    probs = {m: evaluation.probs(m) for m in modes}
+    entropy = predictive_entropy(probs[shown])
+    for i, item in enumerate(evaluation.data.item_ids):
+        target = int(evaluation.targets[i])
+        row = [item, target, names[target]]
+        for mode in modes:
+            confidence, predicted = probs[mode][i].max(-1)
+            row += [int(predicted), names[int(predicted)], f'{float(confidence):.6f}', int(int(predicted) == target)]
+        row += [f'{float(p):.6f}' for p in probs[shown][i]] + [f'{float(entropy[i]):.6f}']
+        row += [values[i] for values in evaluation.data.columns.values()]
+        rows.append(row)
+    return rows
+
+
+def write_report(evaluation: Evaluation, out_dir: PathLike, *, overwrite: bool = False,
+                 extra: Optional[Dict[str, Any]] = None, plots: bool = True) -> Path:
+    """Write ``metrics.json``, ``predictions.csv`` and (``plots``, needs matplotlib) ``confusion_matrix.png`` and
+    ``reliability.png`` into ``out_dir``, all or nothing."""
+    from timm_astro.evaluation.plots import plot_confusion_matrix, plot_reliability, pyplot
+    if plots:
+        pyplot()  # a missing matplotlib is reported before anything is written
+    modes = list(evaluation.metrics)
+    shown = modes[-1]
+    with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite) as tmp:
+        report = {
+            'model': evaluation.model_name,
+            'data': evaluation.data.source,
+            'num_images': len(evaluation.data.item_ids),
+            'label_names': evaluation.label_names,
+            'tta': evaluation.tta,
+            'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in evaluation.data_config.items()},
+            'metrics': {('plain' if m == 'none' else f'tta_{m}'): v for m, v in evaluation.metrics.items()},
+            'warnings': evaluation.warnings,
+            **(extra or {}),
+        }
+        write_json(tmp / 'metrics.json', report)
+        with open(tmp / 'predictions.csv', 'w', newline='', encoding='utf-8') as f:
+            csv.writer(f, lineterminator='\n').writerows(_csv_rows(evaluation))
+        if plots:
+            title = f"{evaluation.model_name} on {Path(evaluation.data.source).name}"
+            tta_note = '' if shown == 'none' else f', {shown} TTA'
+            top1 = evaluation.metrics[shown]['top1']
+            plot_confusion_matrix(evaluation.metrics[shown]['confusion_matrix'], evaluation.label_names,
+                                  tmp / 'confusion_matrix.png', title=f'{title}{tta_note}: top-1 {top1:.1f}%')
+            bins = {('plain' if m == 'none' else f'tta {m}'): reliability_bins(evaluation.probs(m), evaluation.targets)
+                    for m in modes}
+            plot_reliability(bins, tmp / 'reliability.png', title=f'{title}: reliability')
+    return Path(out_dir)

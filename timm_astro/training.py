@@ -1,0 +1,193 @@
+"""Train a classifier in-process the way timm's train.py does, from train.py's own arguments.
+
+A recipe is a mapping of train.py ``--config`` keys (its argparse dest names: ``lr``, ``weight_decay``, ``mixup``,
+``aa``, ...), so a recipe file in ``train_configs/`` means the same here as under train.py. ``train_args`` fills in
+train.py's defaults for the keys this loop implements and refuses keys it does not (so a recipe never silently
+means something else here); ``train_classifier`` then builds everything with timm's own factories, as train.py
+does: ``create_loader`` (augmentation), ``Mixup``, the loss train.py picks, ``create_optimizer_v2`` with
+``optimizer_kwargs`` (layer decay included), ``create_scheduler_v2`` with ``scheduler_kwargs``, and ``ModelEmaV3``.
+
+Not implemented (train.py-only): distributed training, AMP loss scaling, gradient accumulation, the prefetcher,
+checkpoints and per-epoch validation. The demo and the benchmarks use this loop; train.py remains the tool for
+real training runs.
+"""
+import argparse
+import math
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+
+import torch
+import torch.nn as nn
+
+from timm_astro.errors import UserError
+
+__all__ = ['TRAIN_DEFAULTS', 'IGNORED_KEYS', 'train_args', 'train_classifier', 'TrainResult']
+
+# The train.py options this loop implements, with train.py's own defaults (pytorch-image-models train.py).
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    'batch_size': 128, 'epochs': 300, 'opt': 'sgd', 'opt_eps': None, 'opt_betas': None, 'momentum': 0.9,
+    'weight_decay': 2e-5, 'clip_grad': None, 'clip_mode': 'norm', 'layer_decay': None,
+    'lr': None, 'lr_base': 0.1, 'lr_base_size': 256, 'lr_base_scale': '',
+    'sched': 'cosine', 'sched_on_updates': False, 'warmup_lr': 1e-5, 'min_lr': 0.0, 'warmup_epochs': 5,
+    'warmup_prefix': False, 'cooldown_epochs': 0, 'decay_rate': 0.1, 'decay_epochs': 90,
+    'lr_cycle_decay': 0.5, 'lr_cycle_limit': 1, 'lr_cycle_mul': 1.0, 'lr_k_decay': 1.0,
+    'no_aug': False, 'scale': [0.08, 1.0], 'ratio': [3. / 4., 4. / 3.], 'hflip': 0.5, 'vflip': 0.0,
+    'color_jitter': 0.4, 'aa': None, 'reprob': 0.0, 'remode': 'pixel', 'recount': 1,
+    'train_interpolation': 'random',
+    'mixup': 0.0, 'cutmix': 0.0, 'cutmix_minmax': None, 'mixup_prob': 1.0, 'mixup_switch_prob': 0.5,
+    'mixup_mode': 'batch', 'mixup_off_epoch': 0, 'smoothing': 0.1, 'bce_loss': False,
+    'drop': 0.0, 'drop_path': None,
+    'model_ema': False, 'model_ema_decay': 0.9998, 'model_ema_warmup': False,
+    'seed': 42,
+}
+
+# Recipe keys that choose the model, the data or the run rather than the optimisation: accepted and ignored here
+# (the caller builds the model and the dataset).
+IGNORED_KEYS = {
+    'device_modules', 'model', 'num_classes', 'label_names', 'img_size', 'input_size', 'in_chans', 'train_split',
+    'val_split', 'data_dir', 'dataset', 'amp', 'amp_dtype', 'workers', 'output', 'experiment', 'log_interval',
+    'checkpoint_hist', 'eval_metric', 'pin_mem', 'crop_pct', 'mean', 'std', 'interpolation', 'grad_accum_steps',
+    'drop_block', 'pretrained', 'channels_last', 'torchcompile', 'grad_checkpointing', 'model_kwargs',
+}
+
+
+def train_args(recipe: Optional[Mapping[str, Any]] = None, **overrides: Any) -> argparse.Namespace:
+    """train.py's arguments for ``recipe`` (+ ``overrides``): its defaults for every key not given.
+
+    Raises a UserError naming any key this loop does not implement (rather than ignoring it, as train.py does
+    with unknown keys).
+    """
+    given = {**(recipe or {}), **overrides}
+    unknown = sorted(k for k in given if k not in TRAIN_DEFAULTS and k not in IGNORED_KEYS)
+    if unknown:
+        raise UserError(f"recipe keys not implemented by timm_astro.training: {', '.join(unknown)} (known: train.py's "
+                        f"{', '.join(sorted(TRAIN_DEFAULTS))})")
+    args = argparse.Namespace(**{**TRAIN_DEFAULTS, **{k: v for k, v in given.items() if k in TRAIN_DEFAULTS}})
+    for key in ('batch_size', 'epochs'):
+        value = getattr(args, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f'{key} must be a whole number of at least 1, got {value!r}')
+    for key in ('lr', 'lr_base', 'weight_decay', 'warmup_lr', 'min_lr'):
+        value = getattr(args, key)
+        positive = key in ('lr', 'lr_base')
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0 or (positive and value == 0)):
+            raise UserError(f'{key} must be a finite number {"above 0" if positive else "of at least 0"}, '
+                            f'got {value!r}')
+    for key, closed in (('drop_path', False), ('drop', False), ('smoothing', False), ('mixup_prob', True),
+                        ('reprob', True), ('hflip', True), ('vflip', True)):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+            raise UserError(f'{key} must be in [0, 1{"]" if closed else ")"}, got {value!r}')
+    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    if mixup_active and args.batch_size % 2:
+        raise UserError(f'batch_size must be even when mixup/cutmix is on (Mixup pairs each image with another), '
+                        f'got {args.batch_size}')
+    if not args.lr:
+        # train.py: lr from lr_base and the global batch, sqrt scaling for adaptive optimizers
+        scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
+        ratio = args.batch_size / args.lr_base_size
+        args.lr = args.lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
+    return args
+
+
+class TrainResult:
+    """What a training run produced: the trained model (its EMA copy, when EMA is on), and its history."""
+
+    def __init__(self, model: nn.Module, history: List[Dict[str, float]], steps: int, cpu_seconds: float,
+                 wall_seconds: float, ema: Optional[nn.Module] = None):
+        self.model, self.ema, self.history = model, ema, history
+        self.steps, self.cpu_seconds, self.wall_seconds = steps, cpu_seconds, wall_seconds
+
+    @property
+    def final_model(self) -> nn.Module:
+        """The weights to evaluate: the EMA ones when EMA was on, as train.py's model_best would be chosen from."""
+        return self.ema if self.ema is not None else self.model
+
+
+def train_classifier(
+        model: nn.Module,
+        dataset,
+        args: argparse.Namespace,
+        *,
+        data_config: Mapping[str, Any],
+        num_classes: int,
+        device: torch.device = torch.device('cpu'),
+        workers: int = 0,
+        on_epoch_end: Optional[Callable[[int, nn.Module, Dict[str, float]], Optional[Dict[str, float]]]] = None,
+        progress: Optional[Callable[[Iterable], Iterable]] = None,
+) -> TrainResult:
+    """Train ``model`` on ``dataset`` (a timm ImageDataset; its transform is set here) with ``args`` from
+    ``train_args``, as train.py would, and return the trained model and the per-epoch history.
+
+    Args:
+        data_config: ``input_size``, ``mean``, ``std`` (``timm.data.resolve_model_data_config`` gives them).
+        on_epoch_end: Called as ``f(epoch, model_to_evaluate, stats)``; a dict it returns joins the history.
+        progress: Wraps each epoch's batches (e.g. a tqdm factory).
+    """
+    from timm.data import Mixup, create_loader
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2, optimizer_kwargs
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+    from timm.utils import ModelEmaV3, dispatch_clip_grad, random_seed
+
+    random_seed(args.seed)
+    model.to(device)
+    loader = create_loader(
+        dataset, input_size=tuple(data_config['input_size']), batch_size=args.batch_size, is_training=True,
+        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale,
+        ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
+        auto_augment=args.aa, interpolation=args.train_interpolation, mean=data_config['mean'],
+        std=data_config['std'], num_workers=workers, use_prefetcher=False, device=device)
+    updates_per_epoch = len(loader)
+    if updates_per_epoch == 0:
+        raise UserError(f'{len(dataset)} training images make no batch of {args.batch_size} (the last, incomplete '
+                        f'batch is dropped, as in train.py): lower batch_size to at most {len(dataset)}')
+    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                  label_smoothing=args.smoothing, num_classes=num_classes) if mixup_active else None
+    if mixup is not None:
+        loss_fn: nn.Module = BinaryCrossEntropy(target_threshold=None) if args.bce_loss else SoftTargetCrossEntropy()
+    elif args.smoothing:
+        loss_fn = BinaryCrossEntropy(smoothing=args.smoothing) if args.bce_loss else \
+            LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        loss_fn = nn.CrossEntropyLoss()
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)
+    ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup) if args.model_ema else None
+
+    history: List[Dict[str, float]] = []
+    updates, cpu_start, wall_start = 0, time.process_time(), time.perf_counter()
+    for epoch in range(num_epochs):
+        if mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            mixup.mixup_enabled = False
+        model.train()
+        loss_sum, seen = 0.0, 0
+        batches = progress(loader) if progress is not None else loader
+        for images, targets in batches:
+            images, targets = images.to(device), targets.to(device)
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            loss = loss_fn(model(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.clip_grad is not None:
+                dispatch_clip_grad(model.parameters(), value=args.clip_grad, mode=args.clip_mode)
+            optimizer.step()
+            updates += 1
+            if ema is not None:
+                ema.update(model, step=updates)
+            scheduler.step_update(num_updates=updates)
+            loss_sum += loss.item() * images.shape[0]
+            seen += images.shape[0]
+        scheduler.step(epoch + 1)
+        stats = {'epoch': epoch + 1, 'train_loss': loss_sum / max(seen, 1), 'lr': optimizer.param_groups[0]['lr']}
+        if on_epoch_end is not None:
+            stats.update(on_epoch_end(epoch + 1, ema.module if ema is not None else model, stats) or {})
+        history.append(stats)
+    return TrainResult(model, history, updates, time.process_time() - cpu_start, time.perf_counter() - wall_start,
+                       ema=ema.module if ema is not None else None)
