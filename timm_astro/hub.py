@@ -1,36 +1,38 @@
-"""Publish trained models on the Hugging Face Hub; loading them back is plain timm.
+"""Publish trained models on the Hugging Face Hub; loading them back is plain timm (or ``load_model``).
 
 * ``export``: a train.py checkpoint (``model_best.pth.tar`` / ``last.pth.tar``) or a plain state dict becomes a
   Hub-ready folder: ``config.json`` (timm's), ``model.safetensors`` and a ``README.md`` model card.
 * ``push``: that folder, or a checkpoint exported on the fly, goes to the Hub in one commit.
 * pull: ``import timm_astro`` then ``timm.create_model('hf-hub:ORG/REPO', pretrained=True)``.
 
-The folder is written by timm's ``save_for_hf`` and the card by timm's ``generate_readme``; this module only
-recovers what they need from a train.py run (the exact ``create_model`` call, the data config and labels from its
-args, metrics from ``summary.csv``). Uploads use huggingface_hub's ``create_repo`` + ``create_commit`` rather than
-timm's ``push_to_hf_hub``, which re-serialises the model, adds a pickled ``pytorch_model.bin`` and keeps an old
-README; ``upload_folder`` is not used either because it may split a folder into several commits.
+Checkpoints are read and models rebuilt by ``timm_astro.loading`` (safely: no pickled code runs). The folder is
+written by timm's ``save_for_hf`` and the card by timm's ``generate_readme``; this module adds what they lack: the
+card's content from a train.py run (metrics from ``summary.csv``, the recipe from its args) and an upload in one
+commit through huggingface_hub's ``create_repo`` + ``create_commit``. timm's ``push_to_hf_hub`` re-serialises the
+model, adds a pickled ``pytorch_model.bin`` and keeps an old README; ``upload_folder`` may split a folder into
+several commits.
 """
 import argparse
 import csv
 import json
 import math
 import os
-import pickle
 import re
 import tempfile
+import time
+import urllib.parse
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
-import timm
-from timm.models import clean_state_dict, get_model_input_config, get_pretrained_cfg_value, save_for_hf
+from timm.data import resolve_model_data_config
+from timm.models import get_model_input_config, save_for_hf
 from timm.models._hub import generate_readme  # not re-exported by timm.models
 
-import timm_astro  # noqa: F401  (registers the models, so exports and local checks see them)
 from timm_astro.errors import UserError
+from timm_astro.loading import existing_file, load_model, model_from_checkpoint, read_train_checkpoint
 from timm_astro.outputs import atomic_output_dir, check_output_location
 from timm_astro.version import __version__
 
@@ -65,172 +67,43 @@ class HubError(UserError):
     """A bad input for export / push, with a message meant for the user (the CLI prints it as one line)."""
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# reading a train.py run
-
-
-def load_checkpoint_file(path: PathLike) -> Any:
-    """Read a checkpoint without running pickled code: ``torch.load(weights_only=True)`` or safetensors.
-
-    ``argparse.Namespace`` is allow-listed for the duration of the call only: train.py stores its arguments as
-    one, and rebuilding it merely sets attributes from primitive values (no code runs, no callables are
-    reachable). Anything else outside torch's weights-only set is refused with the global it asked for.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    if path.suffix == '.safetensors':
-        import safetensors.torch
-        try:
-            return safetensors.torch.load_file(str(path), device='cpu')
-        except Exception as e:
-            raise HubError(f'{path} is not a readable safetensors file (corrupt or truncated?): {e}') from None
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # a damaged file fails in many ways (zip, pickle opcodes, storage sizes)
-        unsafe = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(e))
-        if isinstance(e, pickle.UnpicklingError) and unsafe:
-            raise HubError(
-                f'{path} needs unsafe unpickling (it contains {unsafe.group(1)}); checkpoints are only read with '
-                f'torch.load(weights_only=True). If you trust the file, re-save just its weights: '
-                f"torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pth')") from None
-        if isinstance(e, pickle.UnpicklingError):
-            detail = 'not a pickle torch can read'  # torch's own text here is about weights_only, not the damage
-        else:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HubError(f'{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {detail}') from None
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def split_checkpoint(ckpt: Any, use_ema: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
-    """Pick the weights out of a checkpoint: ``(state_dict, checkpoint metadata, which weights)``."""
-    if _is_state_dict(ckpt):
-        return clean_state_dict(dict(ckpt)), {}, 'state dict'
-    if not isinstance(ckpt, Mapping):
-        raise HubError(f'expected a train.py checkpoint or a state dict, found a {type(ckpt).__name__}')
-    meta = {k: v for k, v in ckpt.items() if not k.startswith('state_dict') and k not in ('optimizer', 'model')}
-    if use_ema and _is_state_dict(ckpt.get('state_dict_ema')):
-        return clean_state_dict(dict(ckpt['state_dict_ema'])), meta, 'EMA weights'
-    for key in ('state_dict', 'model'):
-        if _is_state_dict(ckpt.get(key)):
-            return clean_state_dict(dict(ckpt[key])), meta, 'weights' if key == 'model' else 'non-EMA weights'
-    raise HubError(f"no weights found in the checkpoint (keys: {', '.join(map(str, ckpt))})")
-
-
-def read_args_yaml(path: PathLike) -> Dict[str, Any]:
-    """train.py's ``args.yaml``: every argument, including unknown config keys such as ``label_names``."""
-    import yaml
-    with open(path, 'r', encoding='utf-8') as f:
-        args = yaml.safe_load(f)
-    if not isinstance(args, dict):
-        raise HubError(f'{path} does not hold a mapping of train.py arguments')
-    return args
-
-
 def read_summary(path: PathLike, eval_metric: str = 'top1', epoch: Optional[int] = None) -> Dict[str, Any]:
     """Best validation metrics from train.py's ``summary.csv`` (and those of ``epoch``, the checkpoint's)."""
-    with open(path, 'r', encoding='utf-8', newline='') as f:
-        rows = [r for r in csv.DictReader(f) if r.get('epoch') not in (None, '')]
+    path = existing_file(path, "train.py's summary.csv")
+    rows: List[Dict[str, float]] = []
+    try:
+        with open(path, 'r', encoding='utf-8', newline='') as f:
+            for line, row in enumerate(csv.DictReader(f), start=2):
+                values = {}
+                for key, text in row.items():
+                    if key is None:
+                        raise HubError(f'{path}: line {line} has more values than the header has columns')
+                    try:
+                        values[key] = float(text) if text not in (None, '') else None
+                    except ValueError:
+                        raise HubError(f'{path}: line {line}: {key} is {text!r}; expected a number (train.py '
+                                       f'writes numbers only)') from None
+                if values.get('epoch') is not None:
+                    rows.append(values)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise HubError(f"{path}: not a CSV file ({e}); expected train.py's summary.csv") from None
 
-    def value(row, name):
-        for key in (f'eval_{name}', name):
-            try:
-                v = float(row[key])
-                return v if math.isfinite(v) else None
-            except (KeyError, TypeError, ValueError):
-                pass
-        return None
+    def value(row: Mapping[str, Optional[float]], name: str) -> Optional[float]:
+        v = row.get(f'eval_{name}', row.get(name))
+        return v if v is not None and math.isfinite(v) else None
 
     metric = eval_metric if any(value(r, eval_metric) is not None for r in rows) else 'top1'
     rows = [r for r in rows if value(r, metric) is not None]
     if not rows:
         return {}
-    pick = min if 'loss' in metric else max
-    best = pick(rows, key=lambda r: value(r, metric))
-    out = {'epoch': int(float(best['epoch'])), 'epochs': len(rows), 'eval_metric': metric}
-    for name in ('top1', 'top5', 'loss'):
-        if value(best, name) is not None:
-            out[name] = value(best, name)
-    if epoch is not None and epoch != out['epoch']:
-        for r in rows:
-            if int(float(r['epoch'])) == epoch:
-                out['checkpoint_epoch'] = epoch
-                for name in ('top1', 'top5'):
-                    if value(r, name) is not None:
-                        out[f'checkpoint_{name}'] = value(r, name)
+    best = (min if 'loss' in metric else max)(rows, key=lambda r: value(r, metric))
+    out: Dict[str, Any] = {'epoch': int(best['epoch']), 'epochs': len(rows), 'eval_metric': metric}
+    out.update({name: value(best, name) for name in ('top1', 'top5', 'loss') if value(best, name) is not None})
+    at_epoch = [r for r in rows if epoch is not None and epoch != out['epoch'] and int(r['epoch']) == epoch]
+    if at_epoch:  # e.g. last.pth.tar: not the best epoch's weights
+        out['checkpoint_epoch'] = epoch
+        out.update({f'checkpoint_{n}': value(at_epoch[0], n) for n in ('top1', 'top5') if value(at_epoch[0], n) is not None})
     return out
-
-
-def _data_config_from_args(args: Mapping[str, Any]) -> Dict[str, Any]:
-    """The preprocessing train.py resolved from these args (its ``resolve_data_config`` inputs)."""
-    cfg = {}
-    if args.get('input_size'):
-        cfg['input_size'] = tuple(args['input_size'])
-    elif args.get('img_size'):
-        cfg['img_size'] = args['img_size']
-    for key in ('mean', 'std', 'crop_pct', 'crop_mode', 'interpolation'):
-        if args.get(key) not in (None, ''):
-            cfg[key] = tuple(args[key]) if isinstance(args[key], list) else args[key]
-    return cfg
-
-
-def _model_factory_kwargs(args: Mapping[str, Any]) -> Dict[str, Any]:
-    """The architecture arguments of train.py's ``create_model`` call (dropout rates do not matter at eval)."""
-    kwargs = {}
-    if args.get('in_chans') is not None:
-        kwargs['in_chans'] = args['in_chans']
-    elif args.get('input_size'):
-        kwargs['in_chans'] = args['input_size'][0]
-    for arg, key in (('gp', 'global_pool'), ('bn_momentum', 'bn_momentum'), ('bn_eps', 'bn_eps')):
-        if args.get(arg) is not None:
-            kwargs[key] = args[arg]
-    model_kwargs = args.get('model_kwargs') or {}
-    if not isinstance(model_kwargs, Mapping):
-        raise HubError(f'model_kwargs in the train args must be a mapping, found {model_kwargs!r}')
-    kwargs.update(model_kwargs)
-    return kwargs
-
-
-def _check_model_name(name: str, source: str) -> str:
-    if not isinstance(name, str) or not timm.is_model(name):
-        known = ', '.join(timm.list_models('astroformer*'))
-        raise HubError(f'unknown model {name!r} ({source}); Astroformer models: {known} (or any timm model name)')
-    return name
-
-
-def _classifier_rows(model_name: str, state_dict: Mapping[str, torch.Tensor]) -> Tuple[Optional[str], Optional[int]]:
-    """The classifier weight the pretrained cfg names, and its number of outputs, if the state dict has it."""
-    classifier = get_pretrained_cfg_value(model_name, 'classifier')
-    for name in ([classifier] if isinstance(classifier, str) else list(classifier or ())):
-        weight = state_dict.get(f'{name}.weight')
-        if weight is not None and weight.ndim >= 1:
-            return f'{name}.weight', int(weight.shape[0])
-    return None, None
-
-
-def _load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists what does not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
-              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    problems = []
-    for label, items in (('missing', missing), ('unexpected', unexpected), ('shape mismatch (weights vs model)', shapes)):
-        if items:
-            problems.append(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})")
-    if problems:
-        raise HubError(f"the weights do not fit {what}: {'; '.join(problems)}")
-    model.load_state_dict(state_dict, strict=True)
-
-
-def _sibling(path: Path, name: str) -> Optional[Path]:
-    candidate = path.parent / name
-    return candidate if candidate.is_file() else None
 
 
 def _dataset_name(args: Mapping[str, Any]) -> Optional[str]:
@@ -429,6 +302,11 @@ def export_model(
                 os.chmod(tmp / name, 0o644)  # safetensors writes 0600; a folder meant for publishing is readable
         except (ValueError, AssertionError) as e:
             raise HubError(f'cannot export this model: {e}') from None
+        except SafetensorError as e:  # its I/O errors (a full disk) carry the OS error code in the text only
+            code = re.search(r'\bcode: (\d+)', str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp / EXPORT_FILES[1])) from None
         config = json.loads((tmp / 'config.json').read_text(encoding='utf-8'))
         readme = _model_card(model, config, out_dir.name, metrics, train_args, dataset, weights_note)
         (tmp / 'README.md').write_text(readme, encoding='utf-8')
@@ -444,90 +322,33 @@ def export_checkpoint(
         summary_csv: Optional[PathLike] = None,
         args_yaml: Optional[PathLike] = None,
         overwrite: bool = False,
+        allow_nan: bool = False,
 ) -> Path:
     """Export a train.py checkpoint (or a plain state dict) with ``export_model``.
 
-    The architecture is ``model_name``, else the run's ``model`` argument, else the checkpoint's ``arch``; the
-    model is rebuilt with train.py's own ``create_model`` arguments (``num_classes``, ``in_chans``, ``gp``,
-    ``bn_*``, ``model_kwargs``) and must take the weights strictly. ``args.yaml`` and ``summary.csv`` default to
-    the files train.py writes next to the checkpoint; their values override the args stored in the checkpoint.
+    The model is rebuilt as train.py built it (``timm_astro.loading.model_from_checkpoint``): the architecture is
+    ``model_name``, else the run's ``model`` argument, else the checkpoint's ``arch``. ``args.yaml`` and
+    ``summary.csv`` default to the files train.py writes next to the checkpoint. ``out_dir`` is checked first.
     """
-    checkpoint_path = Path(checkpoint_path)
-    ckpt = load_checkpoint_file(checkpoint_path)
-    state_dict, meta, which = split_checkpoint(ckpt, use_ema=use_ema)
-
-    args: Dict[str, Any] = {}
-    stored = meta.get('args')
-    if isinstance(stored, argparse.Namespace):
-        args.update(vars(stored))
-    elif isinstance(stored, Mapping):
-        args.update(stored)
-    args_yaml = Path(args_yaml) if args_yaml else (_sibling(checkpoint_path, 'args.yaml') if meta else None)
-    if args_yaml is not None:
-        args.update(read_args_yaml(args_yaml))
-
-    if model_name:
-        name = _check_model_name(model_name, 'from --model')
-    elif args.get('model'):
-        name = _check_model_name(args['model'], "the run's model argument")
-    elif meta.get('arch'):
-        name = _check_model_name(meta['arch'], "the checkpoint's arch; give the model name with --model NAME")
-    else:
-        raise HubError(f'{checkpoint_path} names no architecture (no arch or args in it): give the model name, '
-                       f'`timm-astro export CHECKPOINT OUT_DIR --model NAME`')
-
-    classifier, rows = _classifier_rows(name, state_dict)
-    num_classes = args.get('num_classes')
-    if num_classes is not None and rows is not None and int(num_classes) != rows:
-        raise HubError(
-            f'num_classes={num_classes} (from the train args) but the weights have {rows} outputs ({classifier})')
-    num_classes = int(num_classes) if num_classes is not None else rows
-
-    kwargs = _model_factory_kwargs(args)
-    if num_classes is not None:
-        kwargs['num_classes'] = num_classes
-    try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise HubError(f'cannot build {name} with {kwargs}: {e}') from None
-    _load_strict(model, state_dict, f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
-    model.eval()
-
-    label_names = args.get('label_names')
-    if label_names is not None and (not isinstance(label_names, (list, tuple)) or len(label_names) != model.num_classes):
-        raise HubError(
-            f'label_names in the train args has {len(label_names) if isinstance(label_names, (list, tuple)) else "no"}'
-            f' entries for a model with num_classes={model.num_classes}')
-
-    summary_csv = Path(summary_csv) if summary_csv else (_sibling(checkpoint_path, 'summary.csv') if meta else None)
-    metrics = None
+    out_dir = check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY, is_own=_is_earlier_export)
+    ckpt = read_train_checkpoint(checkpoint_path, use_ema=use_ema, args_yaml=args_yaml, allow_nan=allow_nan)
     if summary_csv is not None:
-        epoch = meta.get('epoch')
-        metrics = read_summary(summary_csv, args.get('eval_metric') or 'top1', epoch if isinstance(epoch, int) else None)
-    note = None
-    if which == 'EMA weights':
-        note = 'EMA weights (model_ema) from the train.py checkpoint'
-    elif which == 'non-EMA weights':
-        note = 'non-EMA weights from the train.py checkpoint' + (
-            ' (it also holds EMA weights)' if 'state_dict_ema' in (ckpt or {}) else '')
-
-    try:
-        data_config = _data_config_from_args(args)
-        return export_model(
-            model,
-            out_dir,
-            label_names=label_names,
-            data_config=data_config,
-            metrics=metrics,
-            train_args=args or None,
-            dataset=_dataset_name(args),
-            overwrite=overwrite,
-            weights_note=note,
-        )
-    except ValueError as e:
-        if isinstance(e, HubError):
-            raise
-        raise HubError(f'cannot export {name} with the train args: {e}') from None
+        summary_csv = existing_file(summary_csv, "train.py's summary.csv")
+    elif ckpt.weights != 'state dict' and (ckpt.path.parent / 'summary.csv').is_file():
+        summary_csv = ckpt.path.parent / 'summary.csv'
+    metrics = read_summary(summary_csv, ckpt.args.get('eval_metric') or 'top1', ckpt.epoch) if summary_csv else None
+    model = model_from_checkpoint(ckpt, model_name)
+    return export_model(
+        model,
+        out_dir,
+        label_names=ckpt.args.get('label_names'),
+        data_config=resolve_model_data_config(model) if ckpt.args else None,
+        metrics=metrics,
+        train_args=ckpt.args or None,
+        dataset=_dataset_name(ckpt.args),
+        overwrite=overwrite,
+        weights_note=None if ckpt.weights == 'state dict' else f'{ckpt.weights} from the train.py checkpoint',
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -535,29 +356,78 @@ def export_checkpoint(
 
 
 def check_export_dir(folder: PathLike) -> Dict[str, Any]:
-    """Refuse anything but a complete, loadable export before a byte is uploaded; returns its config."""
+    """Refuse anything but a complete export that loads with timm, before a byte is uploaded; returns its config."""
     folder = Path(folder)
     missing = [f for f in EXPORT_FILES if not (folder / f).is_file()]
     if missing:
         pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
         hint = f' ({", ".join(pickles)} are pickles and are never published)' if pickles else ''
         raise HubError(f"{folder} is not an export: missing {', '.join(missing)}{hint}; run `timm-astro export` first")
-    try:
-        config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
-    except ValueError as e:
-        raise HubError(f'{folder / "config.json"} is not valid JSON: {e}') from None
-    arch = config.get('architecture') if isinstance(config, dict) else None
-    if not arch:
-        raise HubError(f'{folder / "config.json"} has no architecture')
-    _check_model_name(arch, 'from config.json')
-    try:  # exactly what a user's create_model('hf-hub:...') will do, from the local copy
-        model = timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True)
-    except Exception as e:
-        raise HubError(f'{folder} does not load with timm: {type(e).__name__}: {e}') from None
+    model = load_model(f'local-dir:{folder.resolve()}')  # exactly what a user's create_model('hf-hub:...') does
+    config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
     labels = config.get('label_names')
     if labels is not None and len(labels) != model.num_classes:
         raise HubError(f'{folder / "config.json"}: {len(labels)} label names for num_classes={model.num_classes}')
     return config
+
+
+def _check_endpoint(url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        problem = None if parts.scheme in ('http', 'https') and parts.hostname and parts.port != 0 else \
+            'expected http(s)://HOST[:PORT]'
+    except ValueError as e:  # a port out of range, a malformed host
+        problem = str(e)
+    if problem:
+        raise HubError(f'HF_ENDPOINT={url!r} is not a usable URL ({problem}); expected e.g. https://huggingface.co')
+
+
+def _check_token(token: str) -> None:
+    """HTTP headers are ASCII: a stray pasted character would fail deep in the HTTP client (never shown here)."""
+    bad = next((i for i, c in enumerate(token) if not (c.isascii() and c.isprintable()) or c.isspace()), None)
+    if bad is not None:
+        raise HubError(f'the Hugging Face token (HF_TOKEN, or the one `hf auth login` stored) has a character that '
+                       f'cannot be sent, U+{ord(token[bad]):04X} at position {bad + 1} of {len(token)}; tokens are '
+                       f'printable ASCII: set it again')
+
+
+def _network_cause(e: BaseException) -> Optional[OSError]:
+    """The OS-level cause of a failed request (timed out, refused, no such host), if that is what failed."""
+    while e is not None:
+        if isinstance(e, OSError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _request(func: Callable[..., Any], *args: Any, attempts: int, timeout: float, endpoint: str, stage: str,
+             **kwargs: Any) -> Any:
+    """One Hub call, repeated on network failures up to ``attempts`` times; failures become one HubError."""
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    for attempt in range(1, attempts + 1):
+        try:
+            return func(*args, **kwargs)
+        except HFValidationError as e:
+            raise HubError(str(e)) from None
+        except HfHubHTTPError as e:
+            status = getattr(getattr(e, 'response', None), 'status_code', None)
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if status in (401, 403):
+                raise HubError(f'the Hub refused the token (HTTP {status}): check HF_TOKEN or `hf auth login`; '
+                               f'{detail}') from None
+            raise HubError(f'the Hub answered with an error, nothing was committed: {detail}') from None
+        except Exception as e:  # noqa: BLE001  (anything but a network failure is re-raised as it is)
+            cause = _network_cause(e)
+            if cause is None:
+                raise
+            if attempt < attempts:
+                time.sleep(min(2.0 ** (attempt - 1), 10.0))
+                continue
+            reason = f'no answer within {timeout:g} s' if isinstance(cause, TimeoutError) else \
+                f'cannot connect ({cause.strerror or cause})'
+            tries = f'{attempts} attempts' if attempts > 1 else '1 attempt'
+            raise HubError(f'{endpoint}: {reason} ({tries}, {stage}); check HF_ENDPOINT and the network, or '
+                           f'raise --timeout') from None
 
 
 def push(
@@ -568,46 +438,63 @@ def push(
         revision: Optional[str] = None,
         commit_message: Optional[str] = None,
         token: Optional[str] = None,
+        timeout: float = 60.0,
+        retries: int = 2,
 ) -> str:
     """Upload an exported folder (or a checkpoint, exported first) to ``repo_id`` in one commit; returns its URL.
 
     The token defaults to huggingface_hub's (``HF_TOKEN``, then ``hf auth login``'s) and the endpoint to
     ``HF_ENDPOINT``. Everything is checked locally before the first request; a branch named by ``revision`` is
-    created from ``main`` if missing. Only the three export files are sent, never a pickle.
+    created from ``main`` if missing. Only the three export files are sent, never a pickle. Every request waits at
+    most ``timeout`` seconds for the server; the requests that are safe to repeat (all but the commit) are retried
+    ``retries`` times on network failures.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_session, get_token
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f'not found: {path}')
+        raise HubError(f'{path}: not found; expected an exported folder or a train.py checkpoint')
     if not isinstance(repo_id, str) or not re.fullmatch(r'(?:[\w.-]+/)?[\w.-]+', repo_id):
         raise HubError(f'{repo_id!r} is not a repo id (expected NAME or ORG/NAME)')
+    if not (timeout > 0 and retries >= 0):
+        raise HubError(f'timeout must be > 0 and retries >= 0, got {timeout} and {retries}')
+    if constants.HF_HUB_OFFLINE:
+        raise HubError('HF_HUB_OFFLINE is set: pushing needs the network; unset it (nothing was uploaded)')
+    _check_endpoint(constants.ENDPOINT)
     token = token or get_token()
     if not token:
         raise HubError('no Hugging Face token: set HF_TOKEN or run `hf auth login` (nothing was uploaded)')
+    _check_token(token)
 
-    with tempfile.TemporaryDirectory(prefix='timm-astro-push-') as tmp:
-        folder = path if path.is_dir() else export_checkpoint(path, Path(tmp) / repo_id.split('/')[-1])
-        config = check_export_dir(folder)
+    session = get_session()  # huggingface_hub's shared client waits forever by default
+    saved_timeout, session.timeout = session.timeout, timeout
+    call = dict(timeout=timeout, endpoint=constants.ENDPOINT)
+    try:
+        with tempfile.TemporaryDirectory(prefix='timm-astro-push-') as tmp:
+            folder = path if path.is_dir() else export_checkpoint(path, Path(tmp) / repo_id.split('/')[-1])
+            config = check_export_dir(folder)
 
-        api = HfApi(token=token, library_name='timm-astro', library_version=__version__)
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        repo_id = repo_url.repo_id
-        if revision and revision != 'main' and not revision.startswith('refs/'):
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        readme = (folder / 'README.md').read_text(encoding='utf-8')
-        readme = readme.replace(f'hf-hub:{REPO_PLACEHOLDER}', f'hf-hub:{repo_id}')
-        readme = re.sub(r'^# Model card for .*$', f"# Model card for {repo_id.split('/')[-1]}", readme, count=1, flags=re.M)
-        operations = [
-            CommitOperationAdd(path_in_repo='config.json', path_or_fileobj=str(folder / 'config.json')),
-            CommitOperationAdd(path_in_repo='model.safetensors', path_or_fileobj=str(folder / 'model.safetensors')),
-            CommitOperationAdd(path_in_repo='README.md', path_or_fileobj=readme.encode('utf-8')),
-        ]
-        api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message or f"Upload {config['architecture']} (timm-astro {__version__})",
-            revision=revision,
-        )
+            api = HfApi(token=token, library_name='timm-astro', library_version=__version__)
+            nothing = 'nothing was uploaded'
+            repo_url = _request(api.create_repo, repo_id, private=private, exist_ok=True, attempts=retries + 1,
+                                stage=f'creating the repo; {nothing}', **call)
+            repo_id = repo_url.repo_id
+            if revision and revision != 'main' and not revision.startswith('refs/'):
+                _request(api.create_branch, repo_id, branch=revision, exist_ok=True, attempts=retries + 1,
+                         stage=f'creating branch {revision}; {nothing}', **call)
+            readme = (folder / 'README.md').read_text(encoding='utf-8')
+            readme = readme.replace(f'hf-hub:{REPO_PLACEHOLDER}', f'hf-hub:{repo_id}')
+            readme = re.sub(r'^# Model card for .*$', f"# Model card for {repo_id.split('/')[-1]}", readme, count=1,
+                            flags=re.M)
+            operations = [
+                CommitOperationAdd(path_in_repo='config.json', path_or_fileobj=str(folder / 'config.json')),
+                CommitOperationAdd(path_in_repo='model.safetensors', path_or_fileobj=str(folder / 'model.safetensors')),
+                CommitOperationAdd(path_in_repo='README.md', path_or_fileobj=readme.encode('utf-8')),
+            ]
+            _request(api.create_commit, repo_id, operations, attempts=1, revision=revision,
+                     commit_message=commit_message or f"Upload {config['architecture']} (timm-astro {__version__})",
+                     stage=f'committing; look at {repo_url} before pushing again', **call)
+    finally:
+        session.timeout = saved_timeout
     url = str(repo_url).rstrip('/')
     return f'{url}/tree/{revision}' if revision and revision != 'main' else url

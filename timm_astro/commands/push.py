@@ -1,34 +1,20 @@
 """``timm-astro push PATH REPO_ID``: an exported folder (or a checkpoint, exported on the fly) to the Hub."""
 import argparse
-import importlib
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from timm_astro.commands import run_command
 
 PROG = 'timm-astro push'
 
 
-def _hub_error_message(e: BaseException) -> Optional[str]:
-    """The Hub's refusals and an unreachable endpoint as one line; None for anything else."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-    transport_errors: Tuple[type, ...] = ()
-    for client in ('httpx2', 'httpx'):  # huggingface_hub's HTTP client by version (requests' errors are OSErrors)
-        try:
-            transport_errors += (importlib.import_module(client).HTTPError,)
-        except (ImportError, AttributeError):
-            pass
-    if isinstance(e, HFValidationError):
-        return str(e)
-    if isinstance(e, HfHubHTTPError):
-        status = getattr(getattr(e, 'response', None), 'status_code', None)
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if status in (401, 403):
-            return f'the Hub refused the token (HTTP {status}): check HF_TOKEN or `hf auth login`; {detail}'
-        return f'the Hub answered with an error, nothing was committed: {detail}'
-    if isinstance(e, transport_errors):
-        return f'cannot reach {constants.ENDPOINT} ({type(e).__name__}: {e}); nothing was committed'
-    return None
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f'expected a number of seconds above 0, got {value!r}')
+    return seconds
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -41,6 +27,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--private', action='store_true', help='create the repo private (ignored if it exists)')
     parser.add_argument('--revision', default=None, help='branch to commit to (created from main if missing)')
     parser.add_argument('--commit-message', default=None, help='commit summary')
+    parser.add_argument('--timeout', type=_positive_seconds, default=60.0,
+                        help='seconds to wait for each answer of the Hub (default: 60)')
+    parser.add_argument('--retries', type=int, choices=range(0, 10), default=2, metavar='N',
+                        help='retries of a request that found no answer, except the commit itself (default: 2)')
     args = parser.parse_args(argv)
     from huggingface_hub import get_token
     token = get_token()
@@ -48,5 +38,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     def run() -> None:
         from timm_astro.hub import push
         print(push(args.path, args.repo_id, private=args.private, revision=args.revision,
-                   commit_message=args.commit_message, token=token))
-    return run_command(PROG, run, secret=token, translate=_hub_error_message)
+                   commit_message=args.commit_message, token=token, timeout=args.timeout, retries=args.retries))
+    return run_command(PROG, run, secret=token)

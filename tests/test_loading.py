@@ -1,0 +1,125 @@
+"""timm_astro.loading.load_model: every source a user has, and a UserError naming the file for every bad one."""
+import argparse
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import timm
+from timm_astro.errors import UserError
+from timm_astro.hub import export_model
+from timm_astro.loading import load_model
+
+LABELS = ['round', 'cigar', 'spiral']
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope='module')
+def src(tmp_path_factory):
+    """A train.py-like run (checkpoint with argparse args, args.yaml beside it), a plain state dict and an export."""
+    root = tmp_path_factory.mktemp('load')
+    torch.manual_seed(0)
+    model = timm.create_model('astroformer_small', num_classes=3).eval()
+    ema = timm.create_model('astroformer_small', num_classes=3).eval()
+    args = dict(model='astroformer_small', num_classes=3, input_size=[3, 64, 64], mean=[0.1, 0.2, 0.3],
+                std=[0.5, 0.5, 0.5], crop_pct=1.0, label_names=LABELS)
+    run = root / 'run'
+    run.mkdir()
+    torch.save({'epoch': 2, 'arch': 'astroformer_small', 'state_dict': model.state_dict(),
+                'state_dict_ema': ema.state_dict(), 'args': argparse.Namespace(**args)}, run / 'model_best.pth.tar')
+    (run / 'args.yaml').write_text(yaml.safe_dump(args))
+    torch.save(model.state_dict(), root / 'weights.pth')
+    export = export_model(model, root / 'export', label_names=LABELS, data_config={'input_size': (3, 64, 64)})
+    return argparse.Namespace(root=root, ckpt=run / 'model_best.pth.tar', weights=root / 'weights.pth',
+                              export=export, model=model, ema=ema)
+
+
+def test_every_source_gives_an_eval_model_with_its_config(src):
+    from_run = load_model(str(src.ckpt))  # architecture, classes, data config and labels from the run's args
+    assert not from_run.training and _same(from_run, src.ema)
+    assert from_run.pretrained_cfg['label_names'] == LABELS
+    config = timm.data.resolve_model_data_config(from_run)
+    assert config['input_size'] == (3, 64, 64) and config['mean'] == (0.1, 0.2, 0.3) and config['crop_pct'] == 1.0
+    assert _same(load_model(str(src.ckpt), use_ema=False), src.model)
+
+    named = load_model('astroformer_small', src.weights)  # num_classes from the classifier's rows
+    assert named.num_classes == 3 and _same(named, src.model) and not named.training
+
+    exported = load_model(f'local-dir:{src.export}')
+    assert _same(exported, src.model) and exported.pretrained_cfg['label_names'] == LABELS
+    assert timm.data.resolve_model_data_config(exported)['input_size'] == (3, 64, 64)
+
+    fresh = load_model('astroformer_small', num_classes=5)
+    assert fresh.num_classes == 5 and not fresh.training
+
+
+def _damaged_export(src, tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    for f in src.export.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    weights, config = folder / 'model.safetensors', folder / 'config.json'
+    data = weights.read_bytes()
+    if name == 'random safetensors':
+        weights.write_bytes(torch.randint(0, 256, (len(data),), generator=torch.Generator().manual_seed(0),
+                                          dtype=torch.uint8).numpy().tobytes())
+    elif name == 'truncated safetensors':
+        weights.write_bytes(data[:len(data) // 2])
+    elif name == 'bit-flipped safetensors':  # one float32 turned into a NaN: loads without complaint
+        start = 8 + struct.unpack('<Q', data[:8])[0]
+        weights.write_bytes(data[:start + 64] + struct.pack('<I', 0x7FC00000) + data[start + 68:])
+    elif name == 'invalid config':
+        config.write_text('{"architecture": "astroformer_small",')
+    elif name == 'unknown architecture':
+        config.write_text(json.dumps({**json.loads(config.read_text()), 'architecture': 'astroformer_9'}))
+    elif name == 'no config':
+        config.unlink()
+    return folder
+
+
+EXPORT_CASES = {
+    'random safetensors': 'model.safetensors: not a readable safetensors file',
+    'truncated safetensors': 'model.safetensors: not a readable safetensors file',
+    'bit-flipped safetensors': 'model.safetensors: 1 weight tensors hold NaN or infinite values',
+    'invalid config': 'config.json: not valid JSON',
+    'unknown architecture': "unknown model 'astroformer_9' (the architecture in",
+    'no config': 'config.json: not found',
+}
+
+
+@pytest.mark.parametrize('case', list(EXPORT_CASES))
+def test_damaged_export_names_the_file(case, src, tmp_path):
+    folder = _damaged_export(src, tmp_path, case)
+    with pytest.raises(UserError) as e:
+        load_model(f'local-dir:{folder}')
+    assert EXPORT_CASES[case] in str(e.value) and str(folder) in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize('spec, checkpoint, expected', [
+    ('astroformer_tiny', None, "unknown model 'astroformer_tiny'"),
+    ('{root}', None, 'is a folder, not a file'),
+    ('{root}/export', None, 'is an exported folder, not a checkpoint; load it as local-dir:'),
+    ('{root}/missing.pth.tar', None, 'missing.pth.tar: not found'),
+    ('local-dir:{root}/nowhere', None, 'nowhere: no such folder'),
+    ('local-dir:{root}/export', '{root}/weights.pth', 'goes with a model name, not with an export'),
+    ('astroformer_small', '{root}/export/config.json', 'config.json: not a readable PyTorch checkpoint'),
+])
+def test_bad_spec_is_a_user_error(spec, checkpoint, expected, src):
+    spec, checkpoint = (s.format(root=src.root) if s else s for s in (spec, checkpoint))
+    with pytest.raises(UserError, match=None) as e:
+        load_model(spec, checkpoint)
+    assert expected in str(e.value), str(e.value)
+
+
+def test_hub_repo_missing_offline_is_a_user_error(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(UserError, match='hf-hub:nobody/nothing'):
+        load_model('hf-hub:nobody/nothing', cache_dir=tmp_path)
