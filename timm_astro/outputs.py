@@ -11,7 +11,6 @@
 Every failure is a ``UserError`` naming the path, what was wrong and what is expected.
 """
 import contextlib
-import errno
 import json
 import os
 import secrets
@@ -21,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Callable, IO, Iterator, List, Optional, Union
 
-from timm_astro.errors import OutputExistsError, UserError
+from timm_astro.errors import OutputExistsError, UserError, describe_os_error
 from timm_astro.version import __version__
 
 __all__ = [
@@ -31,7 +30,8 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 OUTPUT_MARKER = '.timm-astro.json'  # in every finished output folder: which command wrote it
-PARTIAL_MARKER = '.timm-astro-partial.json'  # in a folder under construction: whose it is (host, pid)
+PARTIAL_MARKER = '.timm-astro-partial.json'  # in a folder under construction: whose it is (host, pid, start)
+OWNER_SUFFIX = '.owner'  # beside a file under construction: the same marker
 
 
 def write_json(path: Path, obj) -> None:
@@ -53,16 +53,6 @@ def is_own_output(folder: PathLike, created_by: Optional[str] = None) -> bool:
     return marker is not None and 'created_by' in marker and created_by in (None, marker['created_by'])
 
 
-def _os_reason(e: OSError) -> str:
-    if e.errno == errno.ENOSPC:
-        return 'no space left on the device'
-    if e.errno == errno.EROFS:
-        return 'the file system is read-only'
-    if isinstance(e, PermissionError):
-        return 'permission denied'
-    return e.strerror or str(e)
-
-
 def check_output_location(
         out: PathLike,
         *,
@@ -78,7 +68,11 @@ def check_output_location(
     ancestor must be a folder, and the nearest one writable.
     """
     out = Path(out)
-    if out.exists() or out.is_symlink():
+    if out.name in ('', '.', '..'):
+        raise UserError(f'{str(out)!r}: expected the name of a {kind} to write, not an existing location itself')
+    if out.is_symlink() and not out.exists():
+        raise OutputExistsError(f'{out}: is a broken symbolic link; remove it or choose another name')
+    if out.exists():
         if kind == 'file':
             if out.is_dir():
                 raise UserError(f'{out}: is a folder; expected a file name to write')
@@ -119,49 +113,63 @@ def _is_read_only(path: Path) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
+def _start_time(pid: int) -> Optional[int]:
+    """When process ``pid`` started (clock ticks since boot, Linux), so that a reused pid is not taken for it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return int(Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_dead_run_of_ours(marker: Optional[dict]) -> bool:
+    """The marker names a run on this host whose process has ended (or whose pid now belongs to another one)."""
+    if not marker or marker.get('host') != socket.gethostname() or not isinstance(marker.get('pid'), int):
         return False
-    except PermissionError:  # someone else's live process
+    try:
+        os.kill(marker['pid'], 0)
+    except ProcessLookupError:
         return True
-    return True
+    except PermissionError:  # someone else's live process
+        pass
+    started = marker.get('started')
+    return started is not None and _start_time(marker['pid']) not in (None, started)
 
 
 def _partial_prefix(out: Path) -> str:
     return f'.{out.name}.partial-'
 
 
-def remove_stale_partials(out: PathLike, log: Callable[[str], None] = None) -> List[Path]:
+def remove_stale_partials(out: PathLike, log: Optional[Callable[[str], None]] = None) -> List[Path]:
     """Remove partial folders (and files) for ``out`` left by runs of ours that died; returns what was removed.
 
-    A partial is ours if it carries our partial marker naming this host and a process that no longer exists.
+    A partial is ours if it carries our partial marker naming this host and a process that no longer exists;
+    anything else beside ``out`` (another run still alive, another host's, a stranger's) is left alone.
     """
     out = Path(out)
     removed: List[Path] = []
     if not out.parent.is_dir():
         return removed
-    host = socket.gethostname()
-    for candidate in out.parent.iterdir():
-        if not candidate.name.startswith(_partial_prefix(out)):
+    for candidate in sorted(out.parent.iterdir()):
+        if not candidate.name.startswith(_partial_prefix(out)) or not os.path.lexists(candidate):
             continue
-        marker = _read_json(candidate / PARTIAL_MARKER) if candidate.is_dir() else None
-        if marker is None and candidate.is_file():  # a partial file: its marker is a sibling
-            marker = _read_json(candidate.with_name(candidate.name + '.owner'))
-        if not marker or marker.get('host') != host or not isinstance(marker.get('pid'), int):
+        if candidate.is_dir() and not candidate.is_symlink():
+            marker_file, leftovers = candidate / PARTIAL_MARKER, [candidate]
+        else:  # a file under construction and its owner file (either may be gone)
+            data = candidate.with_name(candidate.name[:-len(OWNER_SUFFIX)]) if candidate.name.endswith(
+                OWNER_SUFFIX) else candidate
+            marker_file = data.with_name(data.name + OWNER_SUFFIX)
+            leftovers = [data, marker_file]
+        marker = _read_json(marker_file)
+        if not _is_dead_run_of_ours(marker):
             continue
-        if _pid_alive(marker['pid']):
-            continue
-        if candidate.is_dir():
-            shutil.rmtree(candidate, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                candidate.unlink()
-            with contextlib.suppress(OSError):
-                candidate.with_name(candidate.name + '.owner').unlink()
-        removed.append(candidate)
-        (log or _stderr)(f'removed {candidate}, left by an earlier run (process {marker["pid"]}) that was killed')
+        for leftover in leftovers:
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+        removed.append(leftovers[0])
+        (log or _stderr)(f'removed {leftovers[0]}, left by an earlier run (process {marker["pid"]}) that was killed')
     return removed
 
 
@@ -170,34 +178,34 @@ def _stderr(message: str) -> None:
 
 
 def _owner() -> dict:
-    return {'host': socket.gethostname(), 'pid': os.getpid()}
+    return {'host': socket.gethostname(), 'pid': os.getpid(), 'started': _start_time(os.getpid())}
 
 
-def _wrap_os_error(e: OSError, out: Path) -> UserError:
-    where = e.filename or out
-    return UserError(f'cannot write {out}: {where}: {_os_reason(e)}')
+def _wrap_os_error(e: OSError, out: Path, tmp: Path) -> UserError:
+    """``out: cannot be written: why; what to do``, naming the file that failed unless it was a temporary one."""
+    where = str(e.filename) if e.filename else ''
+    shown = f' ({where})' if where and where != str(out) and not where.startswith(str(tmp)) else ''
+    return UserError(f'{out}: cannot be written{shown}: {describe_os_error(e)}; nothing was left half-written')
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed only afterwards."""
-    old = None
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        else:
-            old = out.with_name(f'.{out.name}.old-{secrets.token_hex(4)}')
-            os.rename(out, old)
+    """Rename ``tmp`` to ``out``. An earlier ``out`` is first marked as a partial of this run and moved aside, so
+    a run killed between the two renames leaves only partials the next run removes; it is deleted afterwards."""
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        out.rmdir()
+    if not os.path.lexists(out):
+        os.rename(tmp, out)
+        return
+    write_json(out / PARTIAL_MARKER, _owner())
+    old = out.with_name(f'{_partial_prefix(out)}old-{secrets.token_hex(4)}')
+    os.rename(out, old)
     try:
         os.rename(tmp, out)
     except BaseException:
-        if old is not None:
-            os.rename(old, out)
+        os.rename(old, out)
+        (out / PARTIAL_MARKER).unlink()
         raise
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -222,12 +230,12 @@ def atomic_output_dir(
     """
     out = check_output_location(out, overwrite=overwrite, created_by=created_by, is_own=is_own)
     remove_stale_partials(out, log)
+    tmp = out.with_name(f'{_partial_prefix(out)}{secrets.token_hex(4)}')
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f'{_partial_prefix(out)}{secrets.token_hex(4)}')
         tmp.mkdir()
     except OSError as e:
-        raise _wrap_os_error(e, out) from None
+        raise _wrap_os_error(e, out, tmp) from None
     try:
         write_json(tmp / PARTIAL_MARKER, _owner())
         yield tmp
@@ -235,7 +243,7 @@ def atomic_output_dir(
         (tmp / PARTIAL_MARKER).unlink()
         _replace(tmp, out)
     except OSError as e:
-        raise _wrap_os_error(e, out) from None
+        raise _wrap_os_error(e, out, tmp) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -253,7 +261,7 @@ def atomic_file(
     path = check_output_location(path, overwrite=overwrite, kind='file')
     remove_stale_partials(path)
     tmp = path.with_name(f'{_partial_prefix(path)}{secrets.token_hex(4)}')
-    owner = tmp.with_name(tmp.name + '.owner')
+    owner = tmp.with_name(tmp.name + OWNER_SUFFIX)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(owner, _owner())
@@ -263,7 +271,7 @@ def atomic_file(
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as e:
-        raise _wrap_os_error(e, path) from None
+        raise _wrap_os_error(e, path, tmp) from None
     finally:
         for leftover in (tmp, owner):
             with contextlib.suppress(FileNotFoundError):

@@ -4,13 +4,13 @@ A command parses its arguments, calls the library and turns the errors a user ca
 exit code 2 (``run_command``); anything unexpected keeps its traceback. Imports point one way: commands import the
 library (``timm_astro.models``, ``data``, ``hub``, ``evaluation``, ...), the library never imports a command.
 """
-import errno
+import os
 import signal
 import sys
 import threading
 from typing import Callable, Optional
 
-from timm_astro.errors import UserError
+from timm_astro.errors import UserError, describe_os_error
 
 __all__ = ['run_command', 'say_error']
 
@@ -21,17 +21,6 @@ def say_error(prog: str, message: str, secret: Optional[str] = None) -> int:
         message = message.replace(secret, '***')
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
     return 2
-
-
-def _os_error_message(e: OSError) -> str:
-    where = f'{e.filename}: ' if getattr(e, 'filename', None) else ''
-    if e.errno == errno.ENOSPC:
-        return f'{where}no space left on the device; free some space or choose another location'
-    if isinstance(e, PermissionError):
-        return f'{where}permission denied; choose a location you can write to (or read)'
-    if e.errno == errno.EROFS:
-        return f'{where}the file system is read-only; choose another location'
-    return f'{where}{e.strerror or e}'
 
 
 def run_command(
@@ -57,12 +46,15 @@ def run_command(
     except KeyboardInterrupt:
         say_error(prog, 'interrupted; nothing was left half-written')
         return 130
+    except BrokenPipeError:  # the reader of our output went away (`| head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except UserError as e:
         return say_error(prog, str(e), secret)
     except Exception as e:  # noqa: BLE001 (narrowed below: unexpected errors are re-raised with their traceback)
         message = translate(e) if translate is not None else None
         if message is None and isinstance(e, OSError):
-            message = _os_error_message(e)
+            message = f'{e.filename}: {describe_os_error(e)}' if e.filename else describe_os_error(e)
         if message is None:
             raise
         return say_error(prog, message, secret)
