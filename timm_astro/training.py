@@ -45,7 +45,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
 # (the caller builds the model and the dataset).
 IGNORED_KEYS = {
     'device_modules', 'model', 'num_classes', 'label_names', 'img_size', 'input_size', 'in_chans', 'train_split',
-    'val_split', 'data_dir', 'dataset', 'amp', 'amp_dtype', 'workers', 'output', 'experiment', 'log_interval',
+    'val_split', 'data_dir', 'dataset', 'dataset_download', 'amp', 'amp_dtype', 'workers', 'output', 'experiment', 'log_interval',
     'checkpoint_hist', 'eval_metric', 'pin_mem', 'crop_pct', 'mean', 'std', 'interpolation', 'grad_accum_steps',
     'drop_block', 'pretrained', 'channels_last', 'torchcompile', 'grad_checkpointing', 'model_kwargs',
 }
@@ -60,8 +60,8 @@ def train_args(recipe: Optional[Mapping[str, Any]] = None, **overrides: Any) -> 
     given = {**(recipe or {}), **overrides}
     unknown = sorted(k for k in given if k not in TRAIN_DEFAULTS and k not in IGNORED_KEYS)
     if unknown:
-        raise UserError(f"recipe keys not implemented by timm_astro.training: {', '.join(unknown)} (known: train.py's "
-                        f"{', '.join(sorted(TRAIN_DEFAULTS))})")
+        raise UserError(f"recipe keys not implemented by timm_astro.training: {', '.join(unknown)}; it implements "
+                        f"the train.py options in timm_astro.training.TRAIN_DEFAULTS (train.py itself takes them all)")
     args = argparse.Namespace(**{**TRAIN_DEFAULTS, **{k: v for k, v in given.items() if k in TRAIN_DEFAULTS}})
     for key in ('batch_size', 'epochs'):
         value = getattr(args, key)

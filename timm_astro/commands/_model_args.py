@@ -1,0 +1,56 @@
+"""Arguments shared by the commands that load a model and feed it images (evaluate, predict, inspect)."""
+import argparse
+from typing import Any, Dict
+
+__all__ = ['add_model_arguments', 'add_data_config_arguments', 'data_config_overrides', 'load_model_from_args']
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('model', metavar='MODEL',
+                        help='a registered model name (with --checkpoint), a train.py checkpoint, local-dir:PATH or '
+                             'hf-hub:ORG/NAME; any timm model, not only ours')
+    parser.add_argument('--checkpoint', default=None, help='weights for a model name: a train.py checkpoint or a '
+                                                           'state dict')
+    parser.add_argument('--num-classes', type=int, default=None, help='classes, for a model name without weights')
+    parser.add_argument('--no-ema', action='store_true', help="a checkpoint's raw weights even if it has EMA ones")
+    parser.add_argument('--device', default='cpu', help='torch device (cpu, cuda, cuda:1, ...)')
+
+
+def add_data_config_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('preprocessing (default: the model\'s own, timm.data.resolve_model_data_config)')
+    group.add_argument('--img-size', type=int, default=None, help='input height and width')
+    group.add_argument('--crop-pct', type=float, default=None, help='center crop fraction')
+    group.add_argument('--interpolation', default=None, help='resize interpolation (bicubic, bilinear, ...)')
+    group.add_argument('--mean', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
+    group.add_argument('--std', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
+    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--workers', type=int, default=2, help='DataLoader worker processes (0: in this process)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def data_config_overrides(args: argparse.Namespace, in_chans: int = 3) -> Dict[str, Any]:
+    """The preprocessing options given on the command line, as a timm data config fragment."""
+    config: Dict[str, Any] = {}
+    if args.img_size is not None:
+        if args.img_size < 1:
+            from timm_astro.errors import UserError
+            raise UserError(f'--img-size must be at least 1, got {args.img_size}')
+        config['input_size'] = (in_chans, args.img_size, args.img_size)
+    for key in ('crop_pct', 'interpolation'):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    for key in ('mean', 'std'):
+        if getattr(args, key) is not None:
+            config[key] = tuple(getattr(args, key))
+    return config
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from timm_astro.errors import UserError
+    from timm_astro.loading import load_model
+    if args.batch_size < 1:
+        raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
+    if args.workers < 0:
+        raise UserError(f'--workers must be at least 0, got {args.workers}')
+    kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}
+    return load_model(args.model, args.checkpoint, use_ema=not args.no_ema, **kwargs)

@@ -1,0 +1,58 @@
+"""``timm-astro evaluate MODEL DATA``: per-class metrics, calibration and test-time symmetry on a labelled split."""
+import argparse
+from typing import List, Optional
+
+from timm_astro.commands import run_command
+from timm_astro.commands._model_args import (
+    add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args)
+from timm_astro.evaluation.evaluate import evaluate, open_labelled_data, summary_table, write_report
+from timm_astro.evaluation.tta import TTA_MODES
+
+PROG = 'timm-astro evaluate'
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description='Score a model on a labelled split and write metrics.json (top-1, top-5, balanced accuracy, '
+                    'macro F1, per-class precision/recall/F1/support, log loss, calibration error), '
+                    'confusion_matrix.png, reliability.png and predictions.csv into --output.')
+    add_model_arguments(parser)
+    parser.add_argument('data', metavar='DATA',
+                        help='an ImageFolder split (DATA/<class>/...), a folder of splits with --split, or a '
+                             'Galaxy10-schema HDF5 file with --split')
+    parser.add_argument('--split', default=None, help='train, validation or test (of a split folder or HDF5 file)')
+    parser.add_argument('--val-fraction', type=float, default=0.1, help='HDF5: the split it was prepared with')
+    parser.add_argument('--test-fraction', type=float, default=0.0, help='HDF5: the split it was prepared with')
+    parser.add_argument('--seed', type=int, default=0, help='HDF5: the split it was prepared with')
+    parser.add_argument('--tta', choices=list(TTA_MODES), default='none',
+                        help="average the softmax over symmetries: 'd4' the 8 of the square, 'flip' 4 flips; the "
+                             'report gives the metrics with and without it side by side')
+    parser.add_argument('--output', default='evaluation', help='folder to write (new, empty or, with --overwrite, '
+                                                               'an earlier evaluation)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an earlier evaluation in --output')
+    parser.add_argument('--no-plots', action='store_true', help='skip the PNGs (no matplotlib needed)')
+    add_data_config_arguments(parser)
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        from timm_astro.outputs import check_output_location
+        check_output_location(args.output, overwrite=args.overwrite, created_by='timm-astro evaluate')
+        data = open_labelled_data(args.data, args.split, val_fraction=args.val_fraction,
+                                  test_fraction=args.test_fraction, seed=args.seed)
+        model = load_model_from_args(args)
+        result = evaluate(
+            model, data, data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)), tta=args.tta,
+            batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)
+        for warning in result.warnings:
+            print(f'{PROG}: warning: {warning}')
+        write_report(result, args.output, overwrite=args.overwrite, plots=not args.no_plots,
+                     extra={'model_spec': args.model, 'checkpoint': args.checkpoint})
+        print(f'{result.model_name} on {data.source}: {len(data.item_ids)} images, {len(result.label_names)} classes')
+        print(summary_table(result))
+        shown = list(result.metrics)[-1]
+        worst = sorted(result.metrics[shown]['per_class'], key=lambda c: c['recall'])[:3]
+        print('lowest recall: ' + ', '.join(f"{c['name']} {c['recall']:.1f}% (n={c['support']})" for c in worst))
+        print(f'wrote {args.output}/: metrics.json, predictions.csv'
+              + ('' if args.no_plots else ', confusion_matrix.png, reliability.png'))
+    return run_command(PROG, run)
