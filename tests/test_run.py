@@ -1,11 +1,11 @@
-"""timm-astro run (timm_astro.commands.run): runs a timm script as __main__ with the models registered, after checking its arguments.
+"""timm-astro run (timm_astro.commands.run): runs a timm script once, as __main__, with the models registered,
+checking the arguments its own parser returns before the script goes on.
 
-The scripts here are small stand-ins written by the tests, shaped like timm's (a module-level ``parser``; for
-train.py also a ``config_parser`` whose YAML goes to ``parser.set_defaults`` and a ``--device-modules`` option), so
-these tests need no pytorch-image-models checkout. tests/test_train_script.py runs the real train.py.
+The scripts here are small stand-ins written by the tests, shaped like timm's (for train.py a ``config_parser`` whose
+YAML goes to ``parser.set_defaults`` and a ``--device-modules`` option), so these tests need no pytorch-image-models
+checkout. tests/test_train_script.py runs the real train.py.
 """
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -44,6 +44,8 @@ parser.add_argument('--out', default='')
 
 
 def main():
+    with open(os.environ['RUNS_LOG'], 'a') as log:  # one line per run of the script
+        print('run', file=log)
     args_config, remaining = config_parser.parse_known_args()
     if args_config.config:
         with open(args_config.config) as f:
@@ -107,7 +109,8 @@ def _image_folder(root: Path, splits=('train', 'validation'), classes=('0_round'
 
 
 @pytest.fixture
-def train_like(tmp_path: Path) -> Path:
+def train_like(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv('RUNS_LOG', str(tmp_path / 'runs.log'))
     return _write(tmp_path / 'train.py', TRAIN_LIKE)
 
 
@@ -132,6 +135,9 @@ def test_missing_script_says_where_to_get_it(tmp_path: Path, capsys):
     code, err = _run([str(tmp_path / 'train.py'), 'data'], capsys)
     assert code == 2
     assert 'not found' in err and 'not part of the timm wheel' in err and f'v{timm.__version__}' in err
+    _write(tmp_path / 'train.py', '')
+    code, err = _run([str(tmp_path), 'data'], capsys)  # the checkout instead of its script
+    assert code == 2 and f'{tmp_path}: is a folder, not a script (did you mean {tmp_path / "train.py"}?)' in err
 
 
 def test_runs_script_as_main_with_models_registered(train_like: Path, data: Path, tmp_path: Path, capsys):
@@ -147,6 +153,7 @@ def test_runs_script_as_main_with_models_registered(train_like: Path, data: Path
     assert result['path0'] == str(tmp_path)  # like `python train.py`: the script's folder first on sys.path
     assert result['registered'] is True  # no --device-modules needed: run imported timm_astro
     assert sys.argv == saved_argv and sys.path == saved_path
+    assert (tmp_path / 'runs.log').read_text() == 'run\n', 'the checks must not run the script a second time'
 
 
 def test_exit_code_is_passed_on(train_like: Path, data: Path, tmp_path: Path, capsys, monkeypatch):
@@ -191,9 +198,15 @@ def test_unknown_config_key_warns_with_suggestion(train_like: Path, data: Path, 
     assert "config key 'batch_sise' is not an option" in err and "did you mean 'batch_size'" in err
 
 
-def test_unreadable_config_is_an_error(train_like: Path, data: Path, tmp_path: Path, capsys):
-    code, err = _run([str(train_like), str(data), '--config', str(tmp_path / 'nope.yaml')], capsys)
-    assert code == 2 and 'cannot read config file' in err
+@pytest.mark.parametrize('text, expected', [
+    (None, 'cannot read config file'), ('model: [astroformer_small\n', 'is not valid YAML'),
+    ('- model\n', 'must be a mapping of option names to values')])
+def test_unreadable_config_is_an_error(text, expected, train_like: Path, data: Path, tmp_path: Path, capsys):
+    config = tmp_path / 'cfg.yaml'
+    if text is not None:
+        config.write_text(text)
+    code, err = _run([str(train_like), str(data), '--config', str(config)], capsys)
+    assert code == 2 and expected in err and 'Traceback' not in err
 
 
 def test_unknown_model(train_like: Path, data: Path, tmp_path: Path, capsys):
@@ -245,12 +258,21 @@ def test_missing_val_split_falls_back_with_warning(train_like: Path, tmp_path: P
                       '--out', str(out)], capsys)
     assert code == 0
     assert "splits 'train' and 'validation' both read" in err
+    code, err = _run([str(train_like), str(data), '--model', 'astroformer_small', '--num-classes', '2',
+                      '--out', str(out)], capsys)
+    assert code == 0 and "there is no 'validation' sub-folder" in err and "'train' images included" in err
 
 
-def test_class_map_and_non_folder_datasets_skip_folder_checks(train_like: Path, data: Path, tmp_path: Path, capsys):
+def test_class_map_sets_the_classes_and_downloads_are_not_inspected(train_like: Path, data: Path, tmp_path: Path,
+                                                                    capsys):
     out = str(tmp_path / 'o.json')
+    class_map = tmp_path / 'map.txt'  # timm's class map: one class name per line, in label order
+    class_map.write_text('\n'.join(['0_round', '1_spiral', 'bar', 'merger', 'edge_on']) + '\n')
     assert run.main([str(train_like), str(data), '--model', 'astroformer_small', '--num-classes', '5',
-                     '--class-map', 'map.txt', '--out', out]) == 0
+                     '--class-map', str(class_map), '--out', out]) == 0
+    code, err = _run([str(train_like), str(data), '--model', 'astroformer_small', '--num-classes', '2',
+                      '--class-map', str(class_map), '--out', out], capsys)
+    assert code == 2 and f'num_classes is 2 but the class map {class_map}' in err
     assert run.main([str(train_like), str(tmp_path / 'dl'), '--dataset', 'torch/cifar10', '--model',
                      'astroformer_small', '--out', out]) == 0
 
@@ -282,14 +304,26 @@ def test_script_without_parser_runs_unchecked(tmp_path: Path, capsys):
     assert run.main([str(script), 'x']) == 7
 
 
-def test_count_classes_follows_timm_leaf_folder_rule(tmp_path: Path):
-    # timm names a class by the folder an image sits in, at any depth (Tiny ImageNet's train/<wnid>/images/)
+def test_classes_are_what_timm_reads(train_like: Path, tmp_path: Path, capsys):
+    # timm names a class by the folder an image sits in, at any depth: Tiny ImageNet's train/<wnid>/images/ is one
+    # class, 'images', and the check says so because it asks timm's own dataset factory
     for wnid in ('n01', 'n02'):
-        (tmp_path / wnid / 'images').mkdir(parents=True)
-        Image.new('RGB', (4, 4)).save(tmp_path / wnid / 'images' / 'a.JPEG')
-    assert run.count_classes(str(tmp_path)) == (['images'], False)
-    Image.new('RGB', (4, 4)).save(tmp_path / 'loose.png')
-    assert run.count_classes(str(tmp_path))[1] is True
+        (tmp_path / 'tiny' / 'train' / wnid / 'images').mkdir(parents=True)
+        Image.new('RGB', (4, 4)).save(tmp_path / 'tiny' / 'train' / wnid / 'images' / 'a.JPEG')
+    code, err = _run([str(train_like), str(tmp_path / 'tiny'), '--model', 'astroformer_small', '--num-classes', '2',
+                      '--val-split', ''], capsys)
+    assert code == 2 and "has a single class folder ('images')" in err and 'num_classes is 2' in err
+
+
+def test_changed_timm_script_fails_loudly(tmp_path: Path, data: Path, capsys, monkeypatch):
+    """A train.py whose options the checks rely on are gone is stopped, not run unchecked."""
+    monkeypatch.setenv('RUNS_LOG', str(tmp_path / 'runs.log'))
+    script = _write(tmp_path / 'train.py', TRAIN_LIKE.replace("'--train-split'", "'--train-splits'"))
+    code, err = _run([str(script), str(data), '--model', 'astroformer_small'], capsys)
+    assert code == 2 and 'has no argument train_split' in err and 'no longer fit' in err
+    never = _write(tmp_path / 'validate.py', 'import sys\nsys.exit(0)\n')  # never parses its arguments
+    code, err = _run([str(never), str(data)], capsys)
+    assert code == 0 and 'never parsed a --model argument' in err
 
 
 def test_cli_dispatch(train_like: Path, data: Path, tmp_path: Path):

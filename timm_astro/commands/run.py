@@ -2,41 +2,49 @@
 
 timm's scripts live in the pytorch-image-models repository, not in the timm wheel. train.py can import a plugin
 itself (``--device-modules timm_astro``, or ``device_modules: [timm_astro]`` in a ``--config`` YAML), but
-validate.py, benchmark.py and inference.py have no such option. This runner imports timm_astro, checks the few
-arguments that otherwise fail late or silently (model name, ImageFolder layout, num_classes, unknown config keys),
-then runs the unchanged script as ``__main__``::
+validate.py, benchmark.py and inference.py have no such option. This runner imports timm_astro and runs the unchanged
+script once, as ``__main__``::
 
     python -m timm_astro run pytorch-image-models/train.py DATA_DIR --config train_configs/galaxy10_astroformer_3.yaml
     timm-astro run pytorch-image-models/validate.py DATA_DIR --split validation --model astroformer_3 --checkpoint ...
     torchrun --nproc_per_node 8 -m timm_astro run pytorch-image-models/train.py DATA_DIR --config ...
 
-The checks read the arguments with the script's own parser (and, for train.py, its --config handling), so they see
-exactly what the script will see. ``--no-check`` skips them.
+While it runs, the arguments its own parser returns (train.py's --config applied) are checked before the script
+goes on: the model name, the data folder as timm's ``create_dataset`` reads it, num_classes against its classes,
+and config keys the script would silently ignore. ``--no-check`` skips that. For timm's own scripts, arguments the
+checks rely on that have gone missing stop the run: the checks then no longer fit the script.
 """
 import argparse
 import contextlib
 import difflib
-import io
 import os
 import runpy
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import yaml
 
-__all__ = ['main', 'check_args', 'count_classes', 'EXTRA_CONFIG_KEYS']
+__all__ = ['main', 'check_args', 'EXTRA_CONFIG_KEYS']
 
 # Config keys train.py does not know but timm_astro reads back from the run's args.yaml (train.py saves every
 # config key there): the export tool takes the human-readable class names from ``label_names``.
 EXTRA_CONFIG_KEYS: Set[str] = {'label_names'}
+
+# What the checks read from the arguments of timm's own scripts; a script that lacks them has changed shape.
+SCRIPT_ARGUMENTS: Dict[str, Set[str]] = {
+    'train.py': {'model', 'data', 'data_dir', 'dataset', 'train_split', 'val_split', 'class_map', 'num_classes'},
+    'validate.py': {'model', 'data', 'data_dir', 'dataset', 'split', 'class_map', 'num_classes'},
+    'inference.py': {'model', 'data', 'data_dir', 'dataset', 'split', 'class_map', 'num_classes'},
+    'benchmark.py': {'model'},
+}
 
 _PROG = 'timm-astro run'
 _USAGE = f"""usage: {_PROG} [--no-check] SCRIPT.py [SCRIPT ARGS...]
        python -m timm_astro run [--no-check] SCRIPT.py [SCRIPT ARGS...]
 
 Runs a pytorch-image-models script (train.py, validate.py, benchmark.py, inference.py) with the Astroformer models
-registered. Before it starts, the model name, the ImageFolder layout of the data folder, num_classes and the keys
-of a --config YAML are checked; --no-check skips that.
+registered. Before the script starts its work, the model name, the data folder, num_classes and the keys of a
+--config YAML are checked; --no-check skips that.
 
 timm's scripts are not in the timm wheel: check out https://github.com/huggingface/pytorch-image-models at the tag
 matching the installed timm (git clone --branch v<TIMM_VERSION> ...) and pass the path of its script."""
@@ -51,46 +59,6 @@ def _is_primary() -> bool:
     return os.environ.get('RANK', '0') == '0'
 
 
-def _image_extensions() -> Set[str]:
-    from timm.data.readers.img_extensions import get_img_extensions
-    return set(get_img_extensions(as_set=True))
-
-
-def count_classes(folder: str) -> Tuple[List[str], bool]:
-    """The class names timm's ImageFolder reader would find in ``folder``, and whether images sit in it directly.
-
-    timm labels an image by the name of the folder holding it (the leaf folder, at any depth), so this walks the
-    tree like the reader does, but stops looking at a folder's files at its first image.
-    """
-    extensions = _image_extensions()
-    classes: Set[str] = set()
-    loose_images = False
-    for root, _, files in os.walk(folder, followlinks=True):
-        if any(os.path.splitext(f)[1].lower() in extensions for f in files):
-            if os.path.samefile(root, folder):
-                loose_images = True
-            else:
-                classes.add(os.path.basename(root))
-    return sorted(classes), loose_images
-
-
-# Split names timm's create_dataset treats as the same folder (it tries the exact name first, then these).
-_SPLIT_SYNONYMS = (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'evaluation'))
-
-
-def _search_split(root: str, split: str) -> str:
-    """The folder timm's create_dataset reads for ``split`` under ``root`` (root itself when none matches)."""
-    name = split.split('[')[0]
-    candidates = [name]
-    for synonyms in _SPLIT_SYNONYMS:
-        if name in synonyms:
-            candidates += list(synonyms)
-    for candidate in candidates:
-        if os.path.exists(os.path.join(root, candidate)):
-            return os.path.join(root, candidate)
-    return root
-
-
 def _check_model(name: Any, args: argparse.Namespace) -> List[str]:
     """timm only says "Unknown model"; name near matches and the registered Astroformer models as well."""
     import timm
@@ -100,20 +68,35 @@ def _check_model(name: Any, args: argparse.Namespace) -> List[str]:
         return []  # hub / local-dir names, wildcards and model-list files are the script's business
     if timm.is_model(name):
         return []
-    known = timm.list_models()
-    close = difflib.get_close_matches(name.split('.')[0], known, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ''
     ours = ', '.join(timm.list_models('astroformer*')) or 'none (the models failed to register)'
     return [f'unknown model {name!r}: timm has no model of that name.{hint} Astroformer models: {ours}.']
 
 
+def _read_split(dataset: str, root: str, split: str, class_map: str) -> Tuple[str, Dict[str, int]]:
+    """The folder and class index timm's own ``create_dataset`` (as the scripts call it) gives for ``split``."""
+    from timm.data import create_dataset
+    try:
+        ds = create_dataset(dataset, root=root, split=split, class_map=class_map)
+    except RuntimeError as e:
+        if 'Found 0 images' not in str(e):
+            raise ValueError(f'timm cannot read {root!r} (split {split!r}): {e}') from None
+        folder = str(e).split('subfolders of ')[-1].split('. Supported')[0]
+        raise ValueError(f'no images found under {folder} (expected {os.path.join(folder, "<class name>")}/*.png).')
+    except (OSError, ValueError, AssertionError) as e:
+        raise ValueError(f'timm cannot read {root!r} (split {split!r}): {e}') from None
+    reader = getattr(ds, 'reader', ds)  # timm's ImageDataset, or torchvision's ImageFolder for 'folder'
+    return str(getattr(reader, 'root', root)), dict(reader.class_to_idx)
+
+
 def _check_data(args: argparse.Namespace, label_names: Optional[Sequence[str]]) -> Tuple[List[str], List[str]]:
-    """Check the ImageFolder layout of the data folder and num_classes; returns (errors, warnings)."""
+    """Check the data folder through timm's dataset factory, and num_classes; returns (errors, warnings)."""
     errors: List[str] = []
     warnings: List[str] = []
     dataset = getattr(args, 'dataset', '') or ''
     if '/' in dataset:
-        return errors, warnings  # torch/, hfds/, tfds/, wds/ datasets: not a folder to inspect
+        return errors, warnings  # torch/, hfds/, tfds/, wds/ datasets: downloads, not a folder to inspect
     if hasattr(args, 'train_split'):  # train.py: --data-dir wins over the positional DIR
         root = getattr(args, 'data_dir', None) or getattr(args, 'data', None)
         splits = [args.train_split] + ([args.val_split] if getattr(args, 'val_split', '') else [])
@@ -124,41 +107,42 @@ def _check_data(args: argparse.Namespace, label_names: Optional[Sequence[str]]) 
         return ['no data folder given: pass it as the first positional argument or with --data-dir.'], warnings
     if not os.path.exists(root):
         return [f'data folder {root!r} does not exist.'], warnings
-    if not os.path.isdir(root):
-        return errors, warnings  # a tar file: timm reads it directly
 
-    class_map = getattr(args, 'class_map', '')
+    class_map = getattr(args, 'class_map', '') or ''
     num_classes = getattr(args, 'num_classes', None)
-    folders: Dict[str, str] = {}
-    found: Dict[str, List[str]] = {}
+    found: Dict[str, Tuple[str, List[str]]] = {}
     for split in splits:
-        folder = _search_split(root, split)
-        if folder in folders.values():
-            other = next(s for s, f in folders.items() if f == folder)
-            why = f': there is no {split!r} sub-folder in {root}, so timm falls back to it' if folder == root else ''
-            warnings.append(f'splits {other!r} and {split!r} both read {folder}{why}.')
+        try:
+            folder, class_to_idx = _read_split(dataset, root, split, class_map)
+        except ValueError as e:
+            errors.append(str(e))
             continue
-        folders[split] = folder
-        classes, loose = count_classes(folder)
-        if loose:
+        classes = sorted(class_to_idx, key=class_to_idx.get)
+        same = [s for s, (f, _) in found.items() if f == folder]
+        if same:
+            why = f': there is no {split!r} sub-folder in {root}, so timm falls back to it' if folder == root else ''
+            warnings.append(f'splits {same[0]!r} and {split!r} both read {folder}{why}.')
+            continue
+        inside = [s for s, (f, _) in found.items() if folder == root and os.path.dirname(f) == root.rstrip(os.sep)]
+        if inside:
+            warnings.append(f'there is no {split!r} sub-folder in {root}, so timm reads all of {root} for it, '
+                            f'{inside[0]!r} images included.')
+        found[split] = folder, classes
+        if '' in class_to_idx and not class_map:
             errors.append(
                 f'{folder} holds images directly: timm ImageFolder datasets take the class of an image from the '
                 f'folder it sits in, so put them in {os.path.join(folder, "<class name>")}/ (one folder per class).')
             continue
-        if not classes:
-            errors.append(f'no images found under {folder} (expected {os.path.join(folder, "<class name>")}/*.png).')
-            continue
-        found[split] = classes
         if len(classes) == 1:
             warnings.append(f'{folder} has a single class folder ({classes[0]!r}); timm uses the leaf folder name '
                             f'as the class, so every image gets the same label.')
-        if num_classes is not None and not class_map and len(classes) != num_classes:
+        if num_classes is not None and len(classes) != num_classes:
             shown = ', '.join(classes[:5]) + (', ...' if len(classes) > 5 else '')
-            errors.append(
-                f'num_classes is {num_classes} but {folder} has {len(classes)} class folders ({shown}): '
-                f'pass --num-classes {len(classes)} or fix the folder.')
+            where = f'the class map {class_map}' if class_map else f'{folder} has {len(classes)} class folders'
+            errors.append(f'num_classes is {num_classes} but {where} ({shown}): pass --num-classes {len(classes)} or '
+                          f'fix the {"class map" if class_map else "folder"}.')
     if len(found) == 2 and not class_map:
-        (split_a, classes_a), (split_b, classes_b) = found.items()
+        (split_a, (_, classes_a)), (split_b, (_, classes_b)) = found.items()
         if len(classes_a) != len(classes_b):
             if num_classes is None:  # otherwise already reported against num_classes
                 errors.append(f'{split_a!r} has {len(classes_a)} class folders but {split_b!r} has '
@@ -202,51 +186,78 @@ def check_args(
     return errors, warnings
 
 
-def _parse_script_args(
-        script: str,
-        script_argv: List[str],
-) -> Tuple[Optional[argparse.Namespace], Dict[str, Any], Optional[Set[str]]]:
-    """Parse ``script_argv`` with the script's module-level ``parser``, applying ``--config`` the way train.py does.
-
-    The script is loaded without running its main(). Returns (None, {}, None) when it has no parser to borrow or
-    cannot be loaded; the script itself then reports its own problems. Raises ValueError for an unreadable config.
-    """
+def _read_config(path: str) -> Dict[str, Any]:
     try:
-        with _as_script(script, script_argv), \
-                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            namespace = runpy.run_path(script, run_name='__timm_astro_check__')
-    except (Exception, SystemExit):
-        return None, {}, None
-    parser = namespace.get('parser')
-    if not isinstance(parser, argparse.ArgumentParser):
-        return None, {}, None
+        with open(path, encoding='utf-8') as f:
+            config = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ValueError(f'cannot read config file {path!r}: {e.strerror}.') from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f'config file {path!r} must be a mapping of option names to values.')
+    return config
 
-    config: Dict[str, Any] = {}
-    option_names: Optional[Set[str]] = None
-    if isinstance(namespace.get('config_parser'), argparse.ArgumentParser):
-        config_args, script_argv = namespace['config_parser'].parse_known_args(script_argv)
-        if config_args.config:
-            try:
-                with open(config_args.config) as f:
-                    config = yaml.safe_load(f) or {}
-            except OSError as e:
-                raise ValueError(f'cannot read config file {config_args.config!r}: {e.strerror}.')
-            except yaml.YAMLError as e:
-                raise ValueError(f'config file {config_args.config!r} is not valid YAML: {e}')
-            if not isinstance(config, dict):
-                raise ValueError(f'config file {config_args.config!r} must be a mapping of option names to values.')
-            parser.set_defaults(**config)
-        option_names = {a.dest for a in parser._actions if a.dest != 'help'}
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            args, _ = parser.parse_known_args(script_argv)
-    except SystemExit:  # bad arguments or --help: the script prints its own message
-        return None, config, option_names
-    return args, config, option_names
+
+def _stop(script: str, errors: Sequence[str]) -> None:
+    for msg in errors:
+        _error(msg)
+    print(f'{_PROG}: not starting {os.path.basename(script)}; --no-check skips these checks.', file=sys.stderr)
+    raise SystemExit(2)
 
 
 @contextlib.contextmanager
-def _as_script(script: str, script_argv: List[str]):
+def _checked_parsing(script: str) -> Iterator[Dict[str, Any]]:
+    """While the script runs, check the arguments its parser returns before the script uses them.
+
+    argparse is watched, not copied: a parser's ``--config`` value is read as train.py reads it, ``set_defaults``
+    (train.py applying the YAML) shows the config and, just before, the options it may set; the first parse that
+    yields ``model`` is the script's own, and is checked. Everything is restored on exit.
+    """
+    parser_cls = argparse.ArgumentParser
+    real_parse, real_set_defaults = parser_cls.parse_known_args, parser_cls.set_defaults
+    state: Dict[str, Any] = {'checked': False, 'config': {}, 'options': None}
+
+    def set_defaults(parser: argparse.ArgumentParser, **kwargs: Any) -> None:
+        if not state['checked'] and kwargs:
+            with contextlib.suppress(SystemExit):  # a parser with required options: keys are then not checked
+                state['options'] = set(vars(real_parse(parser, [])[0]))
+            state['config'].update(kwargs)
+        real_set_defaults(parser, **kwargs)
+
+    def parse_known_args(parser: argparse.ArgumentParser, args: Optional[Sequence[str]] = None,
+                         namespace: Optional[argparse.Namespace] = None) -> Tuple[argparse.Namespace, List[str]]:
+        parsed, extras = real_parse(parser, args, namespace)
+        if state['checked']:
+            return parsed, extras
+        if isinstance(getattr(parsed, 'config', None), str) and parsed.config and not hasattr(parsed, 'model'):
+            try:
+                _read_config(parsed.config)  # the script reads it next: a missing or broken file is ours to say
+            except ValueError as e:
+                _stop(script, [str(e)])
+        if hasattr(parsed, 'model'):
+            state['checked'] = True
+            missing = SCRIPT_ARGUMENTS.get(os.path.basename(script), set()) - set(vars(parsed))
+            if missing:
+                _stop(script, [f'{script} has no argument {", ".join(sorted(missing))}: its options changed, so the '
+                               f'checks written for timm\'s {os.path.basename(script)} no longer fit it.'])
+            errors, warnings = check_args(parsed, state['config'], state['options'])
+            if _is_primary():
+                for msg in warnings:
+                    print(f'{_PROG}: warning: {msg}', file=sys.stderr)
+            if errors:
+                _stop(script, errors)
+        return parsed, extras
+
+    parser_cls.parse_known_args, parser_cls.set_defaults = parse_known_args, set_defaults
+    try:
+        yield state
+    finally:
+        parser_cls.parse_known_args, parser_cls.set_defaults = real_parse, real_set_defaults
+
+
+@contextlib.contextmanager
+def _as_script(script: str, script_argv: List[str]) -> Iterator[None]:
     """Set ``sys.argv`` and ``sys.path[0]`` as ``python SCRIPT ARGS`` would (restored on exit)."""
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [script] + list(script_argv)
@@ -257,21 +268,26 @@ def _as_script(script: str, script_argv: List[str]):
         sys.argv, sys.path[:] = saved_argv, saved_path
 
 
-def run_script(script: str, script_argv: List[str]) -> int:
-    """Run ``script`` as ``__main__``, like ``python SCRIPT ARGS``; returns its exit code."""
-    try:
-        with _as_script(script, script_argv):
-            runpy.run_path(script, run_name='__main__')
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            return e.code or 0
-        print(e.code, file=sys.stderr)
-        return 1
-    return 0
+def run_script(script: str, script_argv: List[str], check: bool = True) -> int:
+    """Run ``script`` as ``__main__``, like ``python SCRIPT ARGS``, checking its arguments; returns its exit code."""
+    watch: Callable[[str], Any] = _checked_parsing if check else (lambda s: contextlib.nullcontext({}))
+    with watch(script) as state:
+        try:
+            with _as_script(script, script_argv):
+                runpy.run_path(script, run_name='__main__')
+            code = 0
+        except SystemExit as e:
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if check and not state['checked'] and os.path.basename(script) in SCRIPT_ARGUMENTS and _is_primary():
+        print(f'{_PROG}: warning: {script} never parsed a --model argument with argparse, so nothing was checked: '
+              f'it no longer looks like timm\'s {os.path.basename(script)}.', file=sys.stderr)
+    return code
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``timm-astro run [--no-check] SCRIPT.py [ARGS...]``: check the arguments, then run the script."""
+    """``timm-astro run [--no-check] SCRIPT.py [ARGS...]``: run the script, checking its arguments first."""
     argv = list(sys.argv[1:] if argv is None else argv)
     check = True
     if argv and argv[0] == '--no-check':
@@ -282,31 +298,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     script, script_argv = argv[0], argv[1:]
     if not os.path.isfile(script):
         import timm
-        _error(f'script {script!r} not found. timm\'s scripts are not part of the timm wheel: check out '
+        if os.path.isdir(script):
+            inside = os.path.join(script, 'train.py')
+            state = f'is a folder, not a script{f" (did you mean {inside}?)" if os.path.isfile(inside) else ""}'
+        else:
+            state = 'not found'
+        _error(f"{script}: {state}. timm's scripts are not part of the timm wheel: check out "
                f'https://github.com/huggingface/pytorch-image-models at tag v{timm.__version__} and pass the path '
-               f'to its {os.path.basename(script) or "train.py"}.')
+               f'of its train.py, validate.py, benchmark.py or inference.py.')
         return 2
 
     import timm_astro  # noqa: F401  (registers the models before the script builds one)
-
-    if check:
-        try:
-            args, config, option_names = _parse_script_args(script, script_argv)
-        except ValueError as e:
-            _error(str(e))
-            return 2
-        if args is not None:
-            errors, warnings = check_args(args, config, option_names)
-            if _is_primary():
-                for msg in warnings:
-                    print(f'{_PROG}: warning: {msg}', file=sys.stderr)
-            for msg in errors:
-                _error(msg)
-            if errors:
-                print(f'{_PROG}: not starting {os.path.basename(script)}; --no-check skips these checks.',
-                      file=sys.stderr)
-                return 2
-    return run_script(script, script_argv)
+    return run_script(script, script_argv, check)
 
 
 if __name__ == '__main__':
