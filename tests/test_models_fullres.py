@@ -1,10 +1,13 @@
 """astroformer_small / base / large: the design's shapes, configurations and timm features beyond timm's suite."""
+import argparse
+
 import pytest
 import torch
 
 import timm
 import timm.optim
 import timm.utils
+from timm_astro.layers import has_flex_attention
 from timm_astro.models.astroformer_fullres import AstroformerFullRes, StageBlock
 
 CHANNELS = {
@@ -97,8 +100,9 @@ def test_pretrained_cfg_describes_the_model(small):
     assert cfg['input_size'] == (3, 32, 32) and cfg['fixed_input_size'] is False
     assert cfg['paper_ids'] == 'arXiv:2304.05350' and cfg['license'] == 'apache-2.0'
     assert cfg['first_conv'] + '.weight' in small.state_dict() and cfg['classifier'] + '.weight' in small.state_dict()
-    for key in ('mean', 'std', 'crop_pct', 'interpolation'):
-        assert key in cfg
+    data = timm.data.resolve_model_data_config(small)  # what timm's scripts and transforms will use
+    assert data['mean'] == data['std'] == (0.5, 0.5, 0.5)
+    assert data['crop_pct'] == 1.0 and data['interpolation'] == 'bicubic' and data['input_size'] == (3, 32, 32)
 
 
 def test_grad_checkpointing_leaves_outputs_and_grads_unchanged():
@@ -166,3 +170,91 @@ def test_model_ema_tracks_the_model():
 
 def test_class_is_exported():
     assert isinstance(timm.create_model('astroformer_small', device='meta'), AstroformerFullRes)
+
+
+@pytest.mark.parametrize('rel_pos_type', ['fourier', 'table', 'none'])
+def test_empty_batch_gives_empty_outputs(rel_pos_type):
+    """Zero images in, zero rows out (as timm's own models), for logits, features and features_only."""
+    model = timm.create_model('astroformer_small', num_classes=7, rel_pos_type=rel_pos_type).eval()
+    x = torch.randn(0, 3, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (0, 7)
+        assert model.forward_features(x).shape == (0, 256, 32, 32)
+    features = timm.create_model('astroformer_small', features_only=True).eval()
+    with torch.no_grad():
+        assert [tuple(f.shape) for f in features(x)] == [(0, c, 32, 32) for c in CHANNELS['astroformer_small']]
+
+
+def test_in_chans_zero_is_refused_at_construction():
+    with pytest.raises(ValueError, match='astroformer_small: in_chans must be a positive number of input channels, got 0'):
+        timm.create_model('astroformer_small', in_chans=0)
+
+
+@pytest.mark.parametrize('out_indices', [(7,), (0, 5), 6, 0])
+def test_features_only_out_of_range_names_the_valid_indices(out_indices):
+    with pytest.raises(ValueError, match=r'astroformer_small: out_indices=.* it has 5 levels: indices 0\.\.4'):
+        timm.create_model('astroformer_small', features_only=True, out_indices=out_indices)
+    in_range = timm.create_model('astroformer_small', features_only=True, out_indices=(-1, 1))
+    assert sorted(in_range.feature_info.channels()) == [64, 256]  # negative indices count from the end
+
+
+def test_rel_pos_types_and_the_default():
+    """'fourier' stays the default (a study decides it); 'table' and 'none' are selectable."""
+    kinds = {}
+    for kwargs in ({}, dict(rel_pos_type='table'), dict(rel_pos_type='none')):
+        attn = timm.create_model('astroformer_small', device='meta', **kwargs).stages[3].blocks[0].attn
+        kinds[kwargs.get('rel_pos_type', 'default')] = type(attn.rel_pos).__name__
+    assert kinds == {'default': 'RelPosBiasFourier', 'table': 'RelPosBiasTable', 'none': 'NoneType'}
+    with pytest.raises(ValueError, match='rel_pos_type must be one of'):
+        timm.create_model('astroformer_small', rel_pos_type='bias')
+
+
+@pytest.mark.skipif(not has_flex_attention(), reason=f'torch {torch.__version__} has no FlexAttention')
+def test_flex_model_builds_and_runs_inference_on_cpu():
+    """create_model(..., rel_pos_type='table', attn_impl='flex') works; on CPU its forward is compiled FlexAttention
+    (input 5x7: the shape of test_relative_attention's flex tests, so the compile is shared)."""
+    torch.manual_seed(0)
+    flex = timm.create_model('astroformer_small', rel_pos_type='table', attn_impl='flex', num_classes=3).eval()
+    sdpa = timm.create_model('astroformer_small', rel_pos_type='table', attn_impl='sdpa', num_classes=3).eval()
+    sdpa.load_state_dict(flex.state_dict())
+    x = torch.randn(2, 3, 5, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(flex(x), sdpa(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(NotImplementedError, match='cannot train on CPU'):
+        flex.train()(x)
+
+
+@pytest.mark.parametrize('size', [(24, 40), (48, 48)])
+def test_table_model_run_at_another_size_equals_one_built_there(size):
+    """Built for 32x32 and run at another size = the same weights loaded into a model built for that size."""
+    torch.manual_seed(0)
+    built = timm.create_model('astroformer_small', rel_pos_type='table', num_classes=4).eval()
+    with torch.no_grad():
+        built.stages[3].blocks[0].attn.rel_pos.relative_position_bias_table.normal_()
+    there = timm.create_model('astroformer_small', rel_pos_type='table', num_classes=4, img_size=size).eval()
+    there.load_state_dict(built.state_dict())
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(built(x), there(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('rel_pos_type', ['fourier', 'table'])
+def test_train_py_checkpoint_loads_through_timm(tmp_path, rel_pos_type):
+    """EMA weights first, ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes removed, by timm's own
+    loading: checkpoint_path and pretrained file alike."""
+    torch.manual_seed(0)
+    trained = timm.create_model('astroformer_small', num_classes=3, rel_pos_type=rel_pos_type).eval()
+    ema = timm.create_model('astroformer_small', num_classes=3, rel_pos_type=rel_pos_type).eval()
+    path = tmp_path / 'model_best.pth.tar'
+    torch.save({
+        'epoch': 1, 'arch': 'astroformer_small', 'args': argparse.Namespace(model='astroformer_small'),
+        'state_dict': {'module.' + k: v for k, v in trained.state_dict().items()},
+        'state_dict_ema': {'_orig_mod.module.' + k: v for k, v in ema.state_dict().items()},
+    }, path)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = ema(x)
+        for kwargs in (dict(checkpoint_path=str(path)),
+                       dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=3))):
+            model = timm.create_model('astroformer_small', num_classes=3, rel_pos_type=rel_pos_type, **kwargs).eval()
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0)

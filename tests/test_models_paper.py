@@ -66,7 +66,8 @@ def test_official_state_dict_loads_strictly_with_equal_outputs(official):
 
 @pytest.fixture(scope='module')
 def train_py_checkpoint(official, tmp_path_factory):
-    """A checkpoint as the official train.py (timm's) writes it: DDP prefixes, EMA weights, args."""
+    """A checkpoint as timm's train.py writes it: DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes, EMA
+    weights, args."""
     ref, _ = official
     ema = MaxxVit(model_cfgs['astroformer_0'], num_classes=NUM_CLASSES).eval()
     ema.load_state_dict(ref.state_dict())
@@ -78,7 +79,7 @@ def train_py_checkpoint(official, tmp_path_factory):
         'epoch': 3,
         'arch': 'astroformer_0',
         'state_dict': {'module.' + k: v for k, v in ref.state_dict().items()},
-        'state_dict_ema': ema.state_dict(),
+        'state_dict_ema': {'_orig_mod.module.' + k: v for k, v in ema.state_dict().items()},
         'args': argparse.Namespace(model='astroformer_0', num_classes=NUM_CLASSES),
         'metric': 90.0,
     }, path)
@@ -165,3 +166,46 @@ def test_torch_compile_fullgraph_has_no_graph_breaks():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_empty_batch_gives_empty_outputs(official):
+    ref, _ = official
+    model = timm.create_model('astroformer_0', num_classes=NUM_CLASSES).eval()
+    x = torch.randn(0, 3, 64, 64)
+    with torch.no_grad():
+        assert model(x).shape == (0, NUM_CLASSES)
+        assert model.forward_features(x).shape == (0, 768, 2, 2)
+    features = timm.create_model('astroformer_0', features_only=True, out_indices=(0, 4)).eval()
+    with torch.no_grad():
+        assert [tuple(f.shape) for f in features(x)] == [(0, 64, 32, 32), (0, 768, 2, 2)]
+
+
+def test_in_chans_zero_is_refused_at_construction():
+    with pytest.raises(ValueError, match='astroformer_0: in_chans must be a positive number of input channels, got 0'):
+        timm.create_model('astroformer_0', in_chans=0, device='meta')
+
+
+@pytest.mark.parametrize('img_size', [17, 100, (224, 200), 32])
+def test_img_size_it_cannot_run_is_refused_at_construction(img_size):
+    with pytest.raises(ValueError, match=r'astroformer_0: img_size=.* is not a size it runs at; it runs on inputs '
+                                         r'with height and width multiples of 32 and at least 64'):
+        timm.create_model('astroformer_0', img_size=img_size, device='meta')
+
+
+def test_features_only_out_of_range_names_the_valid_indices():
+    with pytest.raises(ValueError, match=r'astroformer_0: out_indices=\(7,\) .* it has 5 levels: indices 0\.\.4'):
+        timm.create_model('astroformer_0', features_only=True, out_indices=(7,), device='meta')
+
+
+@pytest.mark.parametrize('size', [(256, 256), (256, 192)])
+def test_run_at_another_size_equals_the_model_built_there(official, size):
+    """Built for 224 (7x7 tables) and run at another size = the same weights loaded into a model built there
+    (one resize rule: timm's, at runtime and on load)."""
+    ref, _ = official
+    built = timm.create_model('astroformer_0', num_classes=NUM_CLASSES).eval()
+    built.load_state_dict(ref.state_dict())
+    there = timm.create_model('astroformer_0', num_classes=NUM_CLASSES, img_size=size).eval()
+    there.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(built(x), there(x), atol=1e-5, rtol=1e-5)

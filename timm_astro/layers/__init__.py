@@ -1,4 +1,5 @@
-from timm_astro.layers.checks import check_image_batch, reject_drop_block
+from timm_astro.layers.checks import check_image_batch, check_in_chans, check_out_indices, reject_drop_block
 from timm_astro.layers.relative_attention import (
-    RelativeAttention2d, RelPosBiasFourier, RelPosBiasTable, relative_offset_index,
+    ATTN_IMPLS, REL_POS_TYPES, RelativeAttention2d, RelPosBiasBase, RelPosBiasFourier, RelPosBiasTable,
+    has_flex_attention,
 )

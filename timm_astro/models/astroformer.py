@@ -10,16 +10,14 @@ construction, so those models only run at the size they were built for, and timm
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn as nn
 
-from timm.layers import RelPosBias
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.maxxvit import (
-    Attention2d, MaxxVit, MaxxVitCfg, TransformerBlock2d, checkpoint_filter_fn as maxxvit_checkpoint_filter_fn,
-)
+from timm.layers import to_2tuple
+from timm.models import generate_default_cfgs, register_model
+from timm.models.maxxvit import MaxxVit, MaxxVitCfg, TransformerBlock2d
 
-from timm_astro.layers.checks import check_image_batch, reject_drop_block
+from timm_astro.layers.checks import check_image_batch, check_img_size, check_in_chans, reject_drop_block
 from timm_astro.layers.relative_attention import RelativeAttention2d
+from timm_astro.models._factory import astroformer_pretrained_cfg, create_astroformer
 
 __all__ = ['Astroformer', 'astroformer_cfg']
 
@@ -39,27 +37,6 @@ def astroformer_cfg(embed_dim: Tuple[int, ...], depths: Tuple[int, ...], stem_wi
     )
 
 
-def _runtime_size_attention(attn: Attention2d) -> RelativeAttention2d:
-    """The same attention (same parameters, same values) with a bias derived for the runtime size."""
-    if not attn.head_first or not isinstance(attn.rel_pos, RelPosBias):
-        raise ValueError('Astroformer expects head-first attention with a relative position table (rel_pos_type="bias")')
-    weight = attn.qkv.weight
-    runtime = RelativeAttention2d(
-        attn.qkv.in_channels,
-        attn.proj.out_channels,
-        dim_head=attn.dim_head,
-        bias=attn.qkv.bias is not None,
-        rel_pos_type='table',
-        window_size=tuple(attn.rel_pos.window_size),
-        attn_drop=attn.attn_drop.p,
-        proj_drop=attn.proj_drop.p,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    runtime.load_state_dict(attn.state_dict())  # keep MaxxVit's initialisation
-    return runtime
-
-
 class Astroformer(MaxxVit):
     """MaxxVit in the C-C-C-T layout whose transformer stage runs at any input size (multiples of 32, >= 64)."""
 
@@ -73,6 +50,8 @@ class Astroformer(MaxxVit):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             drop_block_rate: Optional[float] = None,
+            attn_impl: str = 'auto',
+            model_name: str = 'astroformer',
             device=None,
             dtype=None,
             **kwargs: Any,
@@ -82,10 +61,14 @@ class Astroformer(MaxxVit):
             cfg: MaxxVit configuration (see ``astroformer_cfg``).
             img_size: Size the relative position tables are built for; other sizes run without rebuilding.
             drop_block_rate: Must be None: DropBlock is unsupported (it harms morphology labels).
+            attn_impl: S4's attention kernel, see ``RelativeAttention2d``.
+            model_name: Name used in error messages (the factory passes the registered name).
             **kwargs: MaxxVit's config overlays (``transformer_*``, ``conv_*``, cfg fields); others raise TypeError.
             Other args as timm's MaxxVit.
         """
         reject_drop_block(drop_block_rate)
+        check_in_chans(in_chans, model_name)
+        check_img_size(to_2tuple(img_size), model_name, INPUT_MULTIPLE, MIN_INPUT_SIZE)
         super().__init__(
             cfg,
             img_size=img_size,
@@ -98,13 +81,14 @@ class Astroformer(MaxxVit):
             dtype=dtype,
             **kwargs,
         )
-        self.model_name = 'astroformer'  # set to the registered name by the factory, used in error messages
+        self.model_name = model_name
         self.input_multiple = INPUT_MULTIPLE
         self.min_input_size = MIN_INPUT_SIZE
         for stage in self.stages:
             for block in stage.blocks:
                 if isinstance(block, TransformerBlock2d):
-                    block.attn = _runtime_size_attention(block.attn)
+                    block.attn = RelativeAttention2d.from_attention2d(
+                        block.attn, rel_pos_type='table', window_size=block.attn.rel_pos.window_size, attn_impl=attn_impl)
 
     def forward_intermediates(
             self,
@@ -145,38 +129,14 @@ model_cfgs = dict(
 )
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Official / MaxxVit checkpoints: timm's MaxxVit filter (resizes relative position tables built for another
-    size); train.py wrappers and DDP prefixes are already removed by timm's checkpoint loading."""
-    return maxxvit_checkpoint_filter_fn(state_dict, model)
-
-
 def _create_astroformer(variant: str, pretrained: bool = False, **kwargs: Any) -> Astroformer:
-    model = build_model_with_cfg(
-        Astroformer,
-        variant,
-        pretrained,
-        model_cfg=model_cfgs[variant],
-        feature_cfg=dict(flatten_sequential=True),
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **kwargs,
-    )
-    if isinstance(model, Astroformer):
-        model.model_name = variant
-    return model
+    return create_astroformer(Astroformer, variant, model_cfgs[variant], pretrained=pretrained, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'min_input_size': (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE), 'fixed_input_size': False,
-        'crop_pct': 0.95, 'interpolation': 'bicubic',
-        'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5),
-        'first_conv': 'stem.conv1', 'classifier': 'head.fc',
-        'license': 'apache-2.0', 'paper_ids': 'arXiv:2304.05350',
-        'paper_name': 'Astroformer: More Data Might not be all you need for Classification',
-        **kwargs,
-    }
+    return astroformer_pretrained_cfg(
+        input_size=(3, 224, 224), pool_size=(7, 7), min_input_size=(3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
+        crop_pct=0.95, first_conv='stem.conv1', **kwargs)
 
 
 # No pretrained weights have been published for any Astroformer (the official code has none either): the

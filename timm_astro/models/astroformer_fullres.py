@@ -1,5 +1,6 @@
-"""Full-resolution (resolution-preserving) Astroformer for small images: astroformer_small / base / large.
+"""Full-resolution Astroformer for small images: astroformer_small / base / large.
 
+("Full-resolution" in prose, ``fullres`` in code identifiers: the design document calls it resolution-preserving.)
 C-C-C-T like the paper, but no stage ever reduces the spatial size: a 32x32 image is still 32x32 when the
 transformer stage attends over all of its positions, which keeps the fine detail small images (CIFAR, Galaxy10
 thumbnails) have little of. Shapes for a B x 3 x H x W batch, expansion e:
@@ -8,31 +9,29 @@ thumbnails) have little of. Shapes for a B x 3 x H x W batch, expansion e:
     S1        stage blocks, + 1x1 projection of S0's output          -> B x 32e x H x W
     S2        stage blocks, + 1x1 projection of S1's output          -> B x 32e^2 x H x W
     S3        stage blocks                                           -> B x 32e^3 x H x W
-    S4        pre-norm transformer block, relative attention over all H*W positions (shape kept)
+    S4        timm's pre-norm TransformerBlock2d, relative attention over all H*W positions (shape kept)
     head      global average pool -> flatten -> linear
 
 Stage block: depthwise 3x3 (D-Conv) -> BN -> act -> 1x1 expansion (E-Conv) -> BN, plus a skip (1x1 projection
-where channels change). S4's attention is ``softmax(q.(k + r)/sqrt(d) + W[i - j]) v`` with r a depthwise conv of
-the input joining the keys and W a learned, band-limited kernel over relative offsets that the fused attention
-kernel takes without a mask (see ``timm_astro.layers.relative_attention``).
+where channels change). S4 is timm's MaxxVit stage with its attention swapped (as the paper family does) for
+``softmax(q.(k + r)/sqrt(d) + W[i - j]) v``, r a depthwise conv of the input joining the keys and W a learned kernel
+over relative offsets (``rel_pos_type``, see ``timm_astro.layers.relative_attention``).
 """
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from timm.layers import (
-    ClassifierHead, ConvMlp, ConvNormAct, DropPath, calculate_drop_path_rates, get_act_layer, get_norm_layer,
-    to_2tuple,
-)
+from timm.layers import ClassifierHead, ConvNormAct, DropPath, calculate_drop_path_rates, get_act_layer, to_2tuple
 from timm.layers.helpers import get_device_dtype
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models.maxxvit import MaxxVitStage, MaxxVitTransformerCfg
 
-from timm_astro.layers.checks import check_image_batch, reject_drop_block
+from timm_astro.layers.checks import check_image_batch, check_img_size, check_in_chans, reject_drop_block
 from timm_astro.layers.relative_attention import RelativeAttention2d
+from timm_astro.models._factory import astroformer_pretrained_cfg, create_astroformer
 
 __all__ = ['AstroformerFullRes', 'AstroformerFullResCfg']
 
@@ -49,13 +48,14 @@ class AstroformerFullResCfg:
     dim_head: int = 32
     mlp_ratio: float = 4.
     norm_layer: str = 'layernorm2d'  # transformer pre-norm
-    rel_pos_type: str = 'fourier'  # 'fourier' (folded into q/k, maskless fused attention) or 'table' (mask)
+    rel_pos_type: str = 'fourier'  # 'fourier' (folded into q/k), 'table' (one value per offset) or 'none'
     rel_pos_freqs: int = 4  # frequencies per head for 'fourier': 2x this many extra q/k channels
     key_context_kernel: int = 3  # depthwise conv r joining the keys, 0 to disable
+    attn_impl: str = 'auto'  # S4's kernel: 'auto', 'flex', 'sdpa' or 'explicit' (see RelativeAttention2d)
 
 
 class Stem(nn.Module):
-    """S0: Conv3x3-BN-act twice, stride 1."""
+    """S0: Conv3x3-BN-act twice, stride 1 (a module, not a Sequential, so that features_only keeps it whole)."""
 
     def __init__(self, in_chs: int, out_chs: int, act_layer: str = 'relu', device=None, dtype=None):
         dd = {'device': device, 'dtype': dtype}
@@ -69,7 +69,11 @@ class Stem(nn.Module):
 
 
 class StageBlock(nn.Module):
-    """D-Conv -> BN -> act -> E-Conv -> BN with a residual skip; never changes the spatial size."""
+    """D-Conv -> BN -> act -> E-Conv -> BN with a residual skip; never changes the spatial size.
+
+    Not timm's DepthwiseSeparableConv: that has no projection shortcut where channels change, as the design's
+    blocks do, and other state-dict keys.
+    """
 
     def __init__(
             self,
@@ -128,62 +132,6 @@ class ConvStage(nn.Module):
         return out
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm transformer block on an NCHW map: relative attention and an MLP, stochastic depth on both."""
-
-    def __init__(
-            self,
-            dim: int,
-            dim_head: int = 32,
-            mlp_ratio: float = 4.,
-            norm_layer: str = 'layernorm2d',
-            rel_pos_type: str = 'fourier',
-            rel_pos_freqs: int = 4,
-            key_context_kernel: int = 3,
-            ref_size: Tuple[int, int] = (32, 32),
-            drop_path: float = 0.,
-            device=None,
-            dtype=None,
-    ):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        norm_layer = get_norm_layer(norm_layer)
-        self.norm1 = norm_layer(dim, **dd)
-        self.attn = RelativeAttention2d(
-            dim,
-            dim_head=dim_head,
-            rel_pos_type=rel_pos_type,
-            window_size=ref_size,
-            rel_pos_freqs=rel_pos_freqs,
-            key_context_kernel=key_context_kernel,
-            **dd,
-        )
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
-
-
-class TransformerStage(nn.Module):
-    """S4: one (or more) transformer blocks at the incoming resolution."""
-
-    def __init__(self, dim: int, depth: int = 1, drop_path: Union[float, List[float]] = 0., **block_kwargs: Any):
-        super().__init__()
-        self.grad_checkpointing = False
-        drop_path = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
-        self.blocks = nn.Sequential(*[TransformerBlock(dim, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-
 class AstroformerFullRes(nn.Module):
     """Full-resolution Astroformer: C-C-C-T with every stage at the input resolution."""
 
@@ -197,6 +145,7 @@ class AstroformerFullRes(nn.Module):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             drop_block_rate: Optional[float] = None,
+            model_name: str = 'astroformer',
             device=None,
             dtype=None,
             **kwargs: Any,
@@ -204,27 +153,29 @@ class AstroformerFullRes(nn.Module):
         """
         Args:
             cfg: Architecture.
-            img_size: Reference input size (initial frequency range of the relative bias); any size runs.
+            img_size: Size a ``'table'`` kernel is built for (``'fourier'``: its longest initial period); any size runs.
             in_chans: Input channels.
             num_classes: Classes, 0 for no classifier (pooled features).
             global_pool: Global pooling type, '' for none (unpooled features).
             drop_rate: Dropout before the classifier.
             drop_path_rate: Stochastic depth, rising linearly over the blocks to this rate.
             drop_block_rate: Must be None: DropBlock is unsupported (it harms morphology labels).
+            model_name: Name used in error messages (the factory passes the registered name).
             **kwargs: Overrides of fields of ``cfg`` (e.g. ``rel_pos_type='table'``); others raise TypeError.
         """
         super().__init__()
         reject_drop_block(drop_block_rate)
+        check_in_chans(in_chans, model_name)
+        check_img_size(to_2tuple(img_size), model_name)
         if kwargs:
             cfg = replace(cfg, **kwargs)  # TypeError for anything that is not a cfg field
         dd = {'device': device, 'dtype': dtype}
-        self.model_name = 'astroformer'  # set to the registered name by the factory, used in error messages
+        self.model_name = model_name
         self.img_size = to_2tuple(img_size)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         self.stem = Stem(in_chans, cfg.stem_width, act_layer=cfg.act_layer, **dd)
         self.feature_info = [dict(num_chs=cfg.stem_width, reduction=1, module='stem')]
@@ -246,19 +197,22 @@ class AstroformerFullRes(nn.Module):
             ))
             self.feature_info.append(dict(num_chs=out_chs, reduction=1, module=f'stages.{i}'))
             in_chs = out_chs
-        stages.append(TransformerStage(
-            in_chs,
-            depth=1,
-            drop_path=dpr[-1],
-            dim_head=cfg.dim_head,
-            mlp_ratio=cfg.mlp_ratio,
-            norm_layer=cfg.norm_layer,
-            rel_pos_type=cfg.rel_pos_type,
-            rel_pos_freqs=cfg.rel_pos_freqs,
-            key_context_kernel=cfg.key_context_kernel,
-            ref_size=self.img_size,
-            **dd,
-        ))
+        transformer_cfg = MaxxVitTransformerCfg(
+            dim_head=cfg.dim_head, expand_ratio=cfg.mlp_ratio, norm_layer=cfg.norm_layer, rel_pos_type='none')
+        stage = MaxxVitStage(
+            in_chs, in_chs, stride=1, depth=1, block_types='T', transformer_cfg=transformer_cfg,
+            drop_path=dpr[-1], **dd)
+        for block in stage.blocks:
+            block.attn = RelativeAttention2d.from_attention2d(
+                block.attn,
+                rel_pos_type=cfg.rel_pos_type,
+                window_size=self.img_size,
+                rel_pos_freqs=cfg.rel_pos_freqs,
+                rel_pos_init_period=max(self.img_size),
+                key_context_kernel=cfg.key_context_kernel,
+                attn_impl=cfg.attn_impl,
+            )
+        stages.append(stage)
         self.feature_info.append(dict(num_chs=in_chs, reduction=1, module=f'stages.{len(cfg.depths)}'))
         self.stages = nn.Sequential(*stages)
 
@@ -347,7 +301,7 @@ class AstroformerFullRes(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits) if pre_logits else self.head(x)
+        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)
@@ -362,40 +316,13 @@ model_cfgs = dict(
 )
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Unwrap train.py checkpoints (EMA first) and strip DDP ``module.`` prefixes."""
-    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
-        if isinstance(state_dict.get(key, None), dict):
-            state_dict = state_dict[key]
-            break
-    return {k[7:] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-
-
 def _create_astroformer_fullres(variant: str, pretrained: bool = False, **kwargs: Any) -> AstroformerFullRes:
-    model = build_model_with_cfg(
-        AstroformerFullRes,
-        variant,
-        pretrained,
-        model_cfg=model_cfgs[variant.split('.')[0]],
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True),
-        **kwargs,
-    )
-    if isinstance(model, AstroformerFullRes):
-        model.model_name = variant
-    return model
+    return create_astroformer(AstroformerFullRes, variant, model_cfgs[variant], pretrained=pretrained, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return {
-        'num_classes': 1000, 'input_size': (3, 32, 32), 'pool_size': (32, 32),
-        'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5),
-        'first_conv': 'stem.conv1.conv', 'classifier': 'head.fc',
-        'license': 'apache-2.0', 'paper_ids': 'arXiv:2304.05350',
-        'paper_name': 'Astroformer: More Data Might not be all you need for Classification',
-        **kwargs,
-    }
+    return astroformer_pretrained_cfg(
+        input_size=(3, 32, 32), pool_size=(32, 32), crop_pct=1.0, first_conv='stem.conv1.conv', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
