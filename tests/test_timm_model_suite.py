@@ -4,13 +4,23 @@ timm parametrises its tests with ``list_models(...)``; some select by exact timm
 ``-k astroformer`` would never reach outside models. Each test function of the suite is re-parametrised here over
 our models and called as is. ``test_models_selected_by_timm`` shows that timm's own selection includes our models
 wherever it is not restricted to timm's modules.
+
+Without network (and no cached copy) the module is skipped with the reason; under CI (``CI`` set), which has PyPI,
+a failed download is an error instead, so the suite can never silently drop out of CI.
 """
+import os
+
 import pytest
 import timm
 
 from timm_suite import load_test_models
 
-suite = load_test_models()
+try:
+    suite = load_test_models()
+except RuntimeError as e:
+    if os.environ.get('CI'):
+        raise
+    pytest.skip(f"timm's test suite is unavailable offline ({e}); CI downloads it", allow_module_level=True)
 
 SMALL_FAMILY = ['astroformer_small', 'astroformer_base', 'astroformer_large']
 PAPER_FAMILY = [f'astroformer_{i}' for i in range(6)]

@@ -25,10 +25,13 @@ def suite_dir(version: str = timm.__version__) -> Path:
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
-        result = subprocess.run(
-            [sys.executable, '-m', 'pip', 'download', '--no-binary', ':all:', '--no-deps', '--quiet',
-             f'timm=={version}', '-d', tmp],
-            capture_output=True, text=True, timeout=600)
+        try:
+            result = subprocess.run(
+                [sys.executable, '-m', 'pip', 'download', '--no-binary', ':all:', '--no-deps', '--quiet',
+                 '--timeout', '15', '--retries', '1', f'timm=={version}', '-d', tmp],
+                capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f'could not download the timm {version} source distribution: pip took over 600 s')
         archives = list(Path(tmp).glob('timm-*.tar.gz'))
         if result.returncode or not archives:
             raise RuntimeError(f'could not download the timm {version} source distribution: {result.stderr.strip()}')
