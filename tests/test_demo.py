@@ -32,6 +32,15 @@ def test_writes_everything_and_reloads_identically(demo_dir):
     config = json.loads((demo_dir / 'model/config.json').read_text())
     assert config['architecture'] == 'astroformer_small' and config['num_classes'] == 6
     assert config['label_names'] == list(LABEL_NAMES) and config['pretrained_cfg']['input_size'] == [3, 16, 16]
+    # the evaluation timm-astro evaluate would write, on the validation split, plain and with D4
+    report = json.loads((demo_dir / 'evaluation/metrics.json').read_text())
+    assert set(report['metrics']) == {'plain', 'tta_d4'} and report['num_images'] == 12
+    assert report['label_names'] == list(LABEL_NAMES)
+    assert report['metrics']['plain']['top1'] == pytest.approx(summary['validation_top1'])
+    assert report['metrics']['tta_d4']['top1'] == pytest.approx(summary['validation_top1_d4'])
+    for name in ('confusion_matrix.png', 'reliability.png'):
+        assert (demo_dir / 'evaluation' / name).is_file() == HAS_MATPLOTLIB
+    assert summary['recipe']['mixup'] == 0.8 and summary['recipe']['cutmix'] == 0.0
 
 
 def test_contact_sheet_shows_every_class(demo_dir):
@@ -47,16 +56,19 @@ def test_refuses_a_non_empty_output_unless_told(demo_dir, capsys):
     assert (demo_dir / 'model/model.safetensors').read_bytes() == before  # nothing was touched
 
 
-def test_overwrite_replaces_only_the_demo_outputs(tmp_path):
+def test_overwrite_replaces_an_earlier_demo_but_never_a_folder_that_is_not_ours(tmp_path, capsys):
     out = tmp_path / 'run'
-    (out / 'model').mkdir(parents=True)
-    (out / 'model' / 'stale.bin').write_bytes(b'old')
-    (out / 'contact_sheet.png').write_bytes(b'not a png')
+    out.mkdir()
     (out / 'my_notes.txt').write_text('keep me')
-    assert main(['--output', str(out), '--overwrite'] + TINY) == 0
-    assert not (out / 'model' / 'stale.bin').exists() and (out / 'model' / 'config.json').is_file()
-    assert Image.open(out / 'contact_sheet.png').format == 'PNG'
-    assert (out / 'my_notes.txt').read_text() == 'keep me'
+    assert main(['--output', str(out), '--overwrite'] + TINY) == 2
+    assert 'not an earlier output' in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ['my_notes.txt'], 'nothing of ours was written into it'
+    fresh = tmp_path / 'fresh'
+    assert main(['--output', str(fresh)] + TINY) == 0
+    (fresh / 'model' / 'stale.bin').write_bytes(b'old')
+    assert main(['--output', str(fresh), '--overwrite'] + TINY) == 0
+    assert not (fresh / 'model' / 'stale.bin').exists() and (fresh / 'model' / 'config.json').is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')], 'no partial or old copy left behind'
 
 
 @pytest.mark.parametrize('args, message', [
@@ -64,14 +76,38 @@ def test_overwrite_replaces_only_the_demo_outputs(tmp_path):
     (['--epochs', '0'], '--epochs must be at least 1'),
     (['--images-per-class', '0'], '--images-per-class must be at least 1'),
     (['--image-size', '8'], '--image-size must be in [16, 512]'),
+    (['--lr', 'nan'], '--lr must be a finite number above 0, got nan'),
+    (['--lr', '-1'], '--lr must be a finite number above 0, got -1.0'),
+    (['--drop-path', '1.5'], '--drop-path must be in [0, 1), got 1.5'),
+    (['--workers', '-1'], '--workers must be at least 0, got -1'),
+    (['--images-per-class', '5'], '--batch-size 32 is more than the 30 training images'),
+    (['--batch-size', '1', '--images-per-class', '2'], 'batch_size must be even when mixup'),
+    (['--model', 'astroformer_0'], '--model astroformer_0 cannot run at --image-size 16: astroformer_0 runs on inputs'),
 ])
 def test_bad_options(tmp_path, capsys, args, message):
     assert main(['--output', str(tmp_path / 'x')] + args) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / 'x').exists()
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1, err  # one line, naming the option and its value
+    assert list(tmp_path.iterdir()) == [], 'checked before any work: nothing written'
+
+
+@pytest.mark.parametrize('where', ['parent is a file', 'unwritable'])
+def test_output_that_cannot_be_created(tmp_path, capsys, monkeypatch, where):
+    if where == 'parent is a file':
+        (tmp_path / 'afile').write_text('x')
+        out, expected = tmp_path / 'afile' / 'sub', 'is a file, not a folder'
+    else:
+        import os
+        real_access = os.access
+        monkeypatch.setattr(os, 'access', lambda p, mode, **k: False if str(p) == str(tmp_path) else
+                            real_access(p, mode, **k))
+        out, expected = tmp_path / 'demo', 'permission denied'
+    assert main(['--output', str(out)] + TINY) == 2
+    err = capsys.readouterr().err
+    assert expected in err and 'Traceback' not in err
 
 
 def test_output_that_is_a_file(tmp_path, capsys):
     (tmp_path / 'file').write_text('x')
     assert main(['--output', str(tmp_path / 'file')] + TINY) == 2
-    assert 'exists and is not a directory' in capsys.readouterr().err
+    assert 'exists and is a file, not a folder' in capsys.readouterr().err

@@ -1,89 +1,95 @@
 """``timm-astro demo``: the whole pipeline on this machine, no downloads, a few minutes on 2 CPU cores.
 
 1. Renders a synthetic galaxy-morphology ImageFolder (``timm_astro.data.synthetic_galaxies``).
-2. Trains an Astroformer with the paper's recipe through timm's own pieces, as train.py does: ``create_dataset``,
-   ``create_loader`` with RandAugment (no random erasing), ``Mixup`` (mixup 0.8, CutMix off, label smoothing 0.1)
-   with ``SoftTargetCrossEntropy``, ``create_optimizer_v2`` (AdamW) and ``create_scheduler_v2`` (cosine, warmup),
-   stochastic depth on.
-3. Writes a contact sheet of the data, the loss/accuracy curves, and the model as a Hub-ready folder, reloads that
-   folder with ``timm.create_model('local-dir:...', pretrained=True)`` and checks the logits are identical.
+2. Trains an Astroformer with the low-data galaxy recipe (``timm_astro.recipes``, also
+   ``train_configs/galaxy_lowdata_astroformer_small.yaml`` for train.py) through ``timm_astro.training``, which
+   builds every piece with timm's own factories as train.py does; ``--epochs``, ``--batch-size`` and ``--lr``
+   override the recipe's values to fit the demo's budget.
+3. Evaluates the trained model on the validation split as ``timm-astro evaluate`` does (``evaluation/``: metrics,
+   confusion matrix, reliability diagram, per-image CSV, plain and with D4 test-time symmetry), draws the learned
+   relative-position kernels, and writes the model as a Hub-ready folder that it reloads with
+   ``timm.create_model('local-dir:...', pretrained=True)``, checking that the logits are identical.
+
+Everything is built in a partial folder beside ``--output`` and renamed into place at the end.
 """
 import argparse
 import json
-import shutil
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 import timm
-from timm.data import Mixup, create_dataset, create_loader, resolve_model_data_config
-from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
-from timm.utils import random_seed
+from timm.data import create_dataset, create_transform, resolve_model_data_config
 
-from timm_astro.data.synthetic_galaxies import (
-    CLASS_NAMES, LABEL_NAMES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, write_image_folder)
+from timm_astro.commands import run_command
+from timm_astro.data.synthetic_galaxies import CLASS_NAMES, LABEL_NAMES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, \
+    write_image_folder
+from timm_astro.errors import UserError
+from timm_astro.outputs import atomic_output_dir, check_output_location
+from timm_astro.recipes import LOWDATA_GALAXY_RECIPE
 
-RAND_AUGMENT = 'rand-m9-mstd0.5'  # timm's 'inc1' posterize crashes under Pillow 13 (bits=0), so no inc1
-
-
-class DemoError(Exception):
-    """A bad option or output directory, reported as one line."""
+PROG = 'timm-astro demo'
+CREATED_BY = 'timm-astro demo'
 
 
 def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog='timm-astro demo', description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog=PROG, description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--output', default='astroformer-demo', help='output directory (must be empty or new)')
-    parser.add_argument('--overwrite', action='store_true', help='replace a non-empty output directory')
+    parser.add_argument('--overwrite', action='store_true', help='replace an earlier demo output')
     parser.add_argument('--model', default='astroformer_small', help='timm model name')
     parser.add_argument('--epochs', type=int, default=7)
     parser.add_argument('--images-per-class', type=int, default=40, help='training images per class')
     parser.add_argument('--val-per-class', type=int, default=24, help='validation images per class')
-    parser.add_argument('--image-size', type=int, default=16, help='rendered image size in pixels (16..512)')
-    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--image-size', type=int, default=16, help=f'rendered image size in pixels '
+                                                                   f'({MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE})')
+    parser.add_argument('--batch-size', type=int, default=32, help='even (Mixup pairs images)')
     parser.add_argument('--lr', type=float, default=2e-3)
-    parser.add_argument('--drop-path', type=float, default=0.1, help='stochastic depth rate')
+    parser.add_argument('--drop-path', type=float, default=LOWDATA_GALAXY_RECIPE['drop_path'],
+                        help='stochastic depth rate')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--workers', type=int, default=0, help='data loader worker processes')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _check(args: argparse.Namespace) -> Dict[str, Any]:
+    """Every option checked before any work; returns the recipe (train.py's keys) the demo trains with."""
+    from timm_astro.training import train_args
     for name in ('epochs', 'images_per_class', 'val_per_class', 'batch_size'):
         if getattr(args, name) < 1:
-            raise DemoError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
+            raise UserError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
-        raise DemoError(f'--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.image_size}')
-    if args.lr <= 0 or not 0 <= args.drop_path < 1 or args.workers < 0:
-        raise DemoError('--lr must be positive, --drop-path in [0, 1) and --workers at least 0')
+        raise UserError(f'--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.image_size}')
+    if args.workers < 0:
+        raise UserError(f'--workers must be at least 0, got {args.workers}')
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise UserError(f'--lr must be a finite number above 0, got {args.lr}')
+    if not 0 <= args.drop_path < 1:
+        raise UserError(f'--drop-path must be in [0, 1), got {args.drop_path}')
+    num_train = args.images_per_class * len(CLASS_NAMES)
+    if args.batch_size > num_train:
+        raise UserError(f'--batch-size {args.batch_size} is more than the {num_train} training images '
+                        f'(--images-per-class {args.images_per_class} x {len(CLASS_NAMES)} classes): no batch would '
+                        f'be complete; lower --batch-size or raise --images-per-class')
     if args.model not in timm.list_models():
-        raise DemoError(f'unknown model {args.model!r}; Astroformer models: {", ".join(timm.list_models("astroformer*"))}')
-    return args
-
-
-# everything the demo writes into --output; --overwrite removes these and nothing else
-OUTPUTS = ('data', 'model', 'contact_sheet.png', 'training_curves.png', 'summary.json')
-
-
-def _prepare_output(output: Path, overwrite: bool) -> None:
-    """Refuse a non-empty output directory unless ``overwrite``; then remove only the demo's own outputs."""
-    if output.exists() and not output.is_dir():
-        raise DemoError(f'{output} exists and is not a directory')
-    if output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise DemoError(f'{output} is not empty; pass --overwrite to replace it, or choose another --output')
-        for name in OUTPUTS:
-            path = output / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-    output.mkdir(parents=True, exist_ok=True)
+        raise UserError(f'unknown model {args.model!r}; Astroformer models: '
+                        f'{", ".join(timm.list_models("astroformer*"))}')
+    try:  # the model's own size rules, on the meta device: costs nothing, fails before any rendering
+        model = timm.create_model(args.model, num_classes=len(CLASS_NAMES), device='meta')
+        with torch.no_grad():
+            model(torch.empty(2, 3, args.image_size, args.image_size, device='meta'))
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f'--model {args.model} cannot run at --image-size {args.image_size}: {e}') from None
+    recipe = {**LOWDATA_GALAXY_RECIPE, 'epochs': args.epochs, 'batch_size': args.batch_size, 'lr': args.lr,
+              'drop_path': args.drop_path, 'seed': args.seed,
+              'warmup_epochs': 1 if args.epochs > 2 else 0, 'warmup_lr': args.lr / 10, 'min_lr': args.lr / 100}
+    train_args(recipe)  # the recipe's own checks (e.g. an even batch for Mixup), before any work
+    return recipe
 
 
 def contact_sheet(data_root: Path, path: Path, per_class: int = 8, scale: int = 4) -> None:
@@ -105,11 +111,11 @@ def contact_sheet(data_root: Path, path: Path, per_class: int = 8, scale: int = 
 
 def training_curves(history: List[Dict[str, float]], path: Path) -> bool:
     """Loss and validation accuracy per epoch; False when matplotlib is missing."""
+    from timm_astro.errors import MissingDependency
+    from timm_astro.evaluation.plots import pyplot
     try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
+        plt = pyplot()
+    except MissingDependency:
         return False
     epochs = [h['epoch'] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -125,113 +131,105 @@ def training_curves(history: List[Dict[str, float]], path: Path) -> bool:
     return True
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader) -> Dict[str, float]:
-    model.eval()
-    loss_fn, total, correct, loss_sum = torch.nn.CrossEntropyLoss(reduction='sum'), 0, 0, 0.0
-    for images, targets in loader:
-        logits = model(images)
-        loss_sum += loss_fn(logits, targets).item()
-        correct += (logits.argmax(1) == targets).sum().item()
-        total += targets.numel()
-    return dict(val_loss=loss_sum / total, val_top1=100.0 * correct / total)
-
-
 def run(args: argparse.Namespace) -> Dict[str, object]:
+    from timm_astro.evaluation.evaluate import evaluate, open_labelled_data, summary_table, write_report
+    from timm_astro.hub import export_model
+    from timm_astro.training import train_args, train_classifier
     start = time.time()
+    recipe = _check(args)
     output = Path(args.output)
-    _prepare_output(output, args.overwrite)
-    random_seed(args.seed)  # python, numpy and torch, as train.py does: RandAugment draws from python's random
+    check_output_location(output, overwrite=args.overwrite, created_by=CREATED_BY)
     num_classes = len(CLASS_NAMES)
+    with atomic_output_dir(output, CREATED_BY, overwrite=args.overwrite) as tmp:
+        data_root = tmp / 'data'
+        print(f'rendering {args.images_per_class}+{args.val_per_class} synthetic galaxies per class '
+              f'({num_classes} classes, {args.image_size} px) into {output / "data"}')
+        write_image_folder(data_root, args.images_per_class, num_val_per_class=args.val_per_class, seed=args.seed,
+                           image_size=args.image_size)
+        contact_sheet(data_root, tmp / 'contact_sheet.png')
+        data_seconds = time.time() - start
 
-    data_root = output / 'data'
-    print(f'rendering {args.images_per_class}+{args.val_per_class} synthetic galaxies per class '
-          f'({num_classes} classes, {args.image_size} px) into {data_root}')
-    write_image_folder(
-        data_root, args.images_per_class, num_val_per_class=args.val_per_class, seed=args.seed,
-        image_size=args.image_size)
-    contact_sheet(data_root, output / 'contact_sheet.png')
-    data_seconds = time.time() - start
+        model = timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path)
+        data_config = resolve_model_data_config(model)
+        data_config.update(input_size=(3, args.image_size, args.image_size), crop_pct=1.0)
+        train_set = create_dataset('', root=str(data_root), split='train', is_training=True)
+        val_data = open_labelled_data(data_root, 'validation')
 
-    model = timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path)
-    data_config = resolve_model_data_config(model)
-    data_config.update(input_size=(3, args.image_size, args.image_size), crop_pct=1.0)
-    train_set = create_dataset('', root=str(data_root), split='train', is_training=True)
-    val_set = create_dataset('', root=str(data_root), split='validation')
-    train_loader = create_loader(
-        train_set, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
-        auto_augment=RAND_AUGMENT, re_prob=0., hflip=0.5, vflip=0.5, scale=(0.8, 1.0),
-        interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
-        num_workers=args.workers, use_prefetcher=False, device=torch.device('cpu'))
-    val_loader = create_loader(
-        val_set, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=False,
-        interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
-        crop_pct=1.0, num_workers=args.workers, use_prefetcher=False, device=torch.device('cpu'))
+        def validate(epoch: int, trained: torch.nn.Module, stats: Dict[str, float]) -> Dict[str, float]:
+            result = evaluate(trained, val_data, data_config=data_config, batch_size=args.batch_size,
+                              workers=args.workers, progress=False)
+            trained.train()
+            metrics = result.metrics['none']
+            print(f"epoch {epoch:2d}  train loss {stats['train_loss']:.3f}  val loss {metrics['log_loss']:.3f}  "
+                  f"val top-1 {metrics['top1']:.1f}%")
+            return {'val_loss': metrics['log_loss'], 'val_top1': metrics['top1']}
 
-    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.1, num_classes=num_classes)
-    loss_fn = SoftTargetCrossEntropy()  # what train.py uses when mixup is on
-    optimizer = create_optimizer_v2(model, 'adamw', lr=args.lr, weight_decay=0.05)
-    scheduler, num_epochs = create_scheduler_v2(
-        optimizer, 'cosine', num_epochs=args.epochs, warmup_epochs=1 if args.epochs > 2 else 0,
-        warmup_lr=args.lr / 10, min_lr=args.lr / 100)
+        trained = train_classifier(model, train_set, train_args(recipe), data_config=data_config,
+                                   num_classes=num_classes, workers=args.workers, on_epoch_end=validate)
+        history = trained.history
+        model = trained.final_model.eval()
+        curves = training_curves(history, tmp / 'training_curves.png')
 
-    history = []
-    for epoch in range(num_epochs):
-        model.train()
-        losses = []
-        bar = tqdm(train_loader, desc=f'epoch {epoch + 1}/{num_epochs}', unit='batch', leave=False, file=sys.stderr)
-        for images, targets in bar:
-            if images.shape[0] % 2:  # mixup pairs a batch with its flip: it needs an even batch
-                images, targets = images[:-1], targets[:-1]
-            images, targets = mixup(images, targets)
-            loss = loss_fn(model(images), targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f'{loss.item():.3f}')
-        scheduler.step(epoch + 1)
-        stats = dict(epoch=epoch + 1, train_loss=sum(losses) / len(losses), **evaluate(model, val_loader))
-        history.append(stats)
-        print(f"epoch {stats['epoch']:2d}  train loss {stats['train_loss']:.3f}  val loss {stats['val_loss']:.3f}  "
-              f"val top-1 {stats['val_top1']:.1f}%")
-    curves = training_curves(history, output / 'training_curves.png')
+        model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': list(LABEL_NAMES)}
+        evaluation = evaluate(model, val_data, data_config=data_config, tta='d4', batch_size=args.batch_size,
+                              workers=args.workers, progress=False)
+        write_report(evaluation, tmp / 'evaluation', plots=curves)
+        kernels = _kernel_pictures(model, tmp / 'kernel')
 
-    from timm_astro.hub import export_model  # imported here: the Hub code is only needed at the end
-    model.eval()
-    model_dir = export_model(
-        model, output / 'model', label_names=list(LABEL_NAMES), data_config=data_config,
-        metrics=dict(top1=history[-1]['val_top1'], epoch=num_epochs), dataset='synthetic galaxies (timm-astro demo)',
-        train_args=dict(model=args.model, epochs=num_epochs, batch_size=args.batch_size, opt='adamw', lr=args.lr,
-                        weight_decay=0.05, sched='cosine', aa=RAND_AUGMENT, mixup=0.8, cutmix=0.0, smoothing=0.1,
-                        reprob=0.0, drop_path=args.drop_path, img_size=args.image_size, seed=args.seed))
-    reloaded = timm.create_model(f'local-dir:{model_dir}', pretrained=True).eval()
-    images, _ = next(iter(val_loader))
-    with torch.no_grad():
-        identical = torch.equal(model(images), reloaded(images))
-    if not identical:
-        raise RuntimeError(f'the model reloaded from {model_dir} gives different logits')
+        model_dir = export_model(
+            model, tmp / 'model', label_names=list(LABEL_NAMES), data_config=data_config,
+            metrics=dict(top1=history[-1]['val_top1'], epoch=len(history)),
+            dataset='synthetic galaxies (timm-astro demo)', train_args={'model': args.model, **recipe,
+                                                                        'img_size': args.image_size})
+        reloaded = timm.create_model(f'local-dir:{model_dir}', pretrained=True).eval()
+        transform = create_transform(**data_config, is_training=False)
+        images = torch.stack([transform(Image.open(data_root / 'validation' / item).convert('RGB'))
+                              for item in val_data.item_ids[:8]])
+        with torch.no_grad():
+            identical = torch.equal(model(images), reloaded(images))
+        if not identical:
+            raise RuntimeError(f'the model reloaded from {model_dir} gives different logits')
 
-    summary = dict(
-        model=args.model, validation_top1=history[-1]['val_top1'], chance=100.0 / num_classes,
-        epochs=num_epochs, train_images=len(train_set), val_images=len(val_set), image_size=args.image_size,
-        seconds=round(time.time() - start, 1), data_seconds=round(data_seconds, 1), reload_identical=identical, history=history)
-    (output / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
-    print(f"\nvalidation top-1 {summary['validation_top1']:.1f}% ({len(CLASS_NAMES)} classes, chance "
-          f"{summary['chance']:.1f}%) after {num_epochs} epochs on {len(train_set)} images, {summary['seconds']} s")
+        summary = dict(
+            model=args.model, validation_top1=history[-1]['val_top1'], chance=100.0 / num_classes,
+            validation_top1_d4=evaluation.metrics['d4']['top1'], epochs=len(history), train_images=len(train_set),
+            val_images=len(val_data.item_ids), image_size=args.image_size, seconds=round(time.time() - start, 1),
+            data_seconds=round(data_seconds, 1), reload_identical=identical, recipe=recipe, history=history)
+        (tmp / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+    print(f"\nvalidation top-1 {summary['validation_top1']:.1f}% ({num_classes} classes, chance "
+          f"{summary['chance']:.1f}%) after {len(history)} epochs on {len(train_set)} images, {summary['seconds']} s")
+    print(summary_table(evaluation))
     print(f'reloaded from the exported folder with identical logits: {identical}')
-    print(f'data:            {data_root}')
+    print(f'data:            {output / "data"}')
     print(f"contact sheet:   {output / 'contact_sheet.png'}")
     print(f"training curves: {output / 'training_curves.png'}" if curves else
           "training curves: skipped (pip install 'timm-astro[plot]' for matplotlib)")
-    print(f'Hub-ready model: {model_dir}  (timm-astro push {model_dir} ORG/REPO)')
+    print(f"evaluation:      {output / 'evaluation'} (metrics.json, predictions.csv"
+          + (', confusion_matrix.png, reliability.png)' if curves else ')'))
+    if kernels:
+        print(f"learned kernels: {output / 'kernel'}")
+    print(f"Hub-ready model: {output / 'model'}  (timm-astro push {output / 'model'} ORG/REPO)")
     return summary
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _kernel_pictures(model: torch.nn.Module, folder: Path) -> bool:
+    """The learned relative-position kernels W, one picture per head; False without matplotlib or W."""
     try:
-        run(_parse(argv))
-    except DemoError as e:
-        print(f'timm-astro demo: {e}', file=sys.stderr)
-        return 2
-    return 0
+        from timm_astro.inspection import write_kernel_pictures
+    except ImportError:
+        return False
+    from timm_astro.errors import MissingDependency
+    try:
+        folder.mkdir()
+        write_kernel_pictures(model, folder)
+    except MissingDependency:
+        return False
+    return True
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parse(argv)
+
+    def body() -> None:
+        run(args)
+    return run_command(PROG, body)
