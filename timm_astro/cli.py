@@ -18,6 +18,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'export': ('export', 'turn a train.py checkpoint into a Hub-ready folder'),
     'push': ('push', 'upload a checkpoint or exported folder to the Hugging Face Hub'),
     'models': ('models', 'print the model table (params, GMACs, default input size)'),
+    'inspect': ('inspect', 'draw the learned kernels W and where the transformer stage attends'),
 }
 
 

@@ -404,6 +404,17 @@ class RelativeAttention2d(nn.Module):
         return self.rel_pos.fused_inputs(q, k, v, H, W, self.scale)
 
     @torch.jit.ignore
+    def attention_probs(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Where the given query positions (flat indices into the H*W map) attend: ``softmax_j`` of their logits,
+        ``[B, heads, len(queries), H*W]``; only those rows are computed (for pictures, not for training)."""
+        H, W = x.shape[-2:]
+        q, k, _ = self.qkv_heads(x)
+        logits = (q[:, :, queries] * self.scale) @ k.transpose(-2, -1)
+        if self.rel_pos is not None:
+            logits = logits + self.rel_pos.relative_position_bias(H, W)[:, queries].unsqueeze(0)
+        return logits.softmax(dim=-1)
+
+    @torch.jit.ignore
     def _use_flex(self, x: torch.Tensor) -> bool:
         """Whether this call runs FlexAttention; refuses what torch cannot do (flex training on CPU)."""
         if self.attn_impl == 'sdpa' or not isinstance(self.rel_pos, RelPosBiasTable) or _is_exporting():
