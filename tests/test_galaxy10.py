@@ -3,9 +3,12 @@ import csv
 import hashlib
 import io
 import json
+import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -19,6 +22,9 @@ from timm_astro.commands.galaxy10 import main  # noqa: E402
 from timm_astro.data.galaxy10 import (  # noqa: E402
     GALAXY10_DECALS_CLASSES, GALAXY10_SDSS_CLASSES, GALAXY10_VARIANTS, Galaxy10Dataset)
 from timm_astro.data.splits import stratified_split  # noqa: E402
+from timm_astro.errors import UserError  # noqa: E402
+
+from fs_helpers import NO_MOUNT, small_filesystem  # noqa: E402
 
 DECALS, SDSS = GALAXY10_VARIANTS['decals'], GALAXY10_VARIANTS['sdss']
 # deliberately unbalanced: class 5 has 2 images, class 9 has 1 (it can only go to train)
@@ -242,6 +248,119 @@ def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path, capsys, cas
     assert message in err, f'{case}: {err!r}'
     assert err.startswith('timm-astro galaxy10: error: ') and err.count('\n') == 1 and 'Traceback' not in err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def _file(path: Path) -> Path:
+    path.write_text('not a folder')
+    return path
+
+
+def _read_only(tmp: Path, stack) -> Path:
+    ro = stack.enter_context(small_filesystem(tmp / 'ro', read_only=True))
+    if ro is None:
+        pytest.skip(NO_MOUNT)
+    return ro / 'out'
+
+
+def _full(tmp: Path, stack) -> Path:
+    small = stack.enter_context(small_filesystem(tmp / 'small', size_kb=64))
+    if small is None:
+        pytest.skip(NO_MOUNT)
+    return small / 'out'
+
+
+# where OUT_DIR goes wrong: (build it under tmp, expected message)
+BAD_OUTPUTS = {
+    'parent is a file': (lambda t, s: _file(t / 'afile') / 'sub', 'cannot be created, {tmp}/afile is a file, not a folder'),
+    'grandparent is a file': (lambda t, s: _file(t / 'afile') / 'sub' / 'deeper', '{tmp}/afile is a file, not a folder'),
+    'a file, with --overwrite': (lambda t, s: _file(t / 'afile'), 'afile: exists and is a file, not a folder'),
+    'read-only file system': (_read_only, 'the file system is read-only'),
+    'full file system': (_full, 'out: cannot be written: no space left on the device'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_OUTPUTS))
+def test_bad_output_location_gives_one_line_and_leaves_nothing(case, tmp_path, decals_h5, capsys):
+    import contextlib
+    build, message = BAD_OUTPUTS[case]
+    with contextlib.ExitStack() as stack:
+        out = build(tmp_path, stack)
+        before = sorted(str(p) for p in tmp_path.rglob('*'))
+        assert main(['prepare', str(decals_h5), str(out), '--no-progress', '--overwrite']) == 2
+        err = capsys.readouterr().err
+        assert message.format(tmp=tmp_path) in err, err
+        assert err.startswith('timm-astro galaxy10: error: ') and err.count('\n') == 1 and 'Traceback' not in err
+        assert sorted(str(p) for p in tmp_path.rglob('*')) == before, 'nothing may be left behind'
+
+
+def test_unwritable_parent_gives_one_line(tmp_path, decals_h5, capsys, monkeypatch):
+    # root ignores permission bits: the kernel's answer for a folder we may not write to is stood in for
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda p, mode, **kw: Path(p) != tmp_path and real_access(p, mode, **kw))
+    assert main(['prepare', str(decals_h5), str(tmp_path / 'out'), '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert f'cannot be created in {tmp_path} (permission denied)' in err and err.count('\n') == 1
+
+
+KILLED_RUN = r"""
+import pathlib, sys, time
+import timm_astro.data.galaxy10 as g10
+from timm_astro.cli import main
+real_save, sentinel = g10._save_image, pathlib.Path(sys.argv[3])
+
+def save_then_hang(array, path, *args):
+    real_save(array, path, *args)
+    if len(list(pathlib.Path(path).parents[2].rglob('*.png'))) >= 10:  # some images are on disk
+        sentinel.touch()
+        time.sleep(600)
+
+g10._save_image = save_then_hang
+main(['galaxy10', 'prepare', sys.argv[1], sys.argv[2], '--no-progress', '--workers', '1'])
+"""
+
+
+def test_rerun_after_sigkill_removes_its_own_partial_only(tmp_path, decals_h5, decals_out, capsys):
+    out, sentinel = tmp_path / 'out', tmp_path / 'written'
+    proc = subprocess.Popen([sys.executable, '-c', KILLED_RUN, str(decals_h5), str(out), str(sentinel)])
+    try:
+        deadline = time.monotonic() + 120
+        while not sentinel.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sentinel.exists(), 'the run never got to write images'
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    partials = leftovers(tmp_path)
+    assert len(partials) == 1 and not out.exists(), partials  # what a killed run leaves: no finally block ran
+    assert sum(1 for _ in (tmp_path / partials[0]).rglob('*.png')) >= 10
+    stranger = tmp_path / '.out.partial-not-ours'  # a look-alike with no marker of ours: never touched
+    stranger.mkdir()
+
+    assert main(['prepare', str(decals_h5), str(out), '--no-progress']) == 0
+    err = capsys.readouterr().err
+    assert f'removed {tmp_path / partials[0]}, left by an earlier run (process {proc.pid}) that was killed' in err
+    assert leftovers(tmp_path) == ['.out.partial-not-ours']
+    assert tree_bytes(out) == tree_bytes(decals_out)
+
+
+BAD_DATASET_ARGS = {
+    'seed is text': (dict(seed='x'), "seed must be an integer, got 'x'"),
+    'seed is a float': (dict(seed=1.5), 'seed must be an integer, got 1.5'),
+    'val_fraction 1': (dict(val_fraction=1.0), 'val_fraction must be between 0 and 1'),
+    'negative test_fraction': (dict(test_fraction=-0.1), 'test_fraction must be [0, 1)'),
+    'fractions sum to 1': (dict(val_fraction=0.5, test_fraction=0.5), 'must be below 1'),
+    'unknown split': (dict(split='tst'), "split must be None, 'train', 'validation' or 'test', got 'tst'"),
+    'test split without a fraction': (dict(split='test'), "split='test' needs test_fraction > 0"),
+    'transform not callable': (dict(transform=224), 'transform must be callable'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_DATASET_ARGS))
+def test_dataset_arguments_are_checked_before_the_file_is_read(case, tmp_path):
+    kwargs, message = BAD_DATASET_ARGS[case]
+    with pytest.raises(UserError, match=None) as e:
+        Galaxy10Dataset(tmp_path / 'no-such-file.h5', **kwargs)  # the argument is reported, not the missing file
+    assert message in str(e.value), str(e.value)
 
 
 def test_damaged_data_found_while_writing_leaves_nothing(tmp_path):

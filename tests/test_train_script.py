@@ -100,7 +100,7 @@ def test_astroformer_base_mixup_no_cutmix_then_validate(tmp_path: Path):
 
 
 def test_galaxy_config_through_timm_astro_run(tmp_path: Path):
-    """A galaxy10 recipe (at 64 px, AMP off) through `python -m timm_astro.run`; label_names reach args.yaml."""
+    """A galaxy10 recipe (at 64 px, AMP off) through `python -m timm_astro run`; label_names reach args.yaml."""
     cfg = yaml.safe_load((ROOT / 'train_configs' / 'galaxy10_astroformer_3.yaml').read_text())
     data = _random_folder(tmp_path / 'g10', [f'{i}_class' for i in range(cfg['num_classes'])], 64)
     config = _cpu_config('galaxy10_astroformer_3', tmp_path)
@@ -127,7 +127,7 @@ def test_small_config(tmp_path: Path):
 
 
 def test_bad_input_is_stopped_with_a_message(tmp_path: Path):
-    """timm_astro.run reads the real train.py's arguments and stops before training on the common mistakes."""
+    """timm-astro run checks the real train.py's own parse and stops before training on the common mistakes."""
     data = _random_folder(tmp_path / 'd', ['a', 'b'], 32)
     bad_model = tmp_path / 'bad_model.yaml'
     bad_model.write_text('device_modules: [timm_astro]\nmodel: astroformer_six\nnum_classes: 2\n')

@@ -112,6 +112,15 @@ def class_folder_name(label: int, class_name: str) -> str:
     return f'{label}_{slug}'
 
 
+def _check_arguments(val_fraction: float, test_fraction: float, seed: int, split: Optional[str] = None) -> None:
+    """Refuse bad split arguments before the file is opened (the same rules ``stratified_split`` applies)."""
+    stratified_split((), val_fraction, test_fraction, seed)
+    if split is not None and split not in SPLITS:
+        raise Galaxy10Error(f"split must be None, 'train', 'validation' or 'test', got {split!r}")
+    if split == 'test' and not test_fraction:
+        raise Galaxy10Error("split='test' needs test_fraction > 0 (the fraction prepare --test-fraction used)")
+
+
 def _import_h5py():
     try:
         import h5py
@@ -229,6 +238,11 @@ class Galaxy10Dataset(torch.utils.data.Dataset):
             transform: Optional[Callable] = None,
             target_transform: Optional[Callable] = None,
     ):
+        split = {'val': 'validation', 'valid': 'validation'}.get(split, split)
+        _check_arguments(val_fraction, test_fraction, seed, split)
+        for name, fn in (('transform', transform), ('target_transform', target_transform)):
+            if fn is not None and not callable(fn):
+                raise Galaxy10Error(f'{name} must be callable (e.g. timm.data.create_transform(...)), got {fn!r}')
         self.path = Path(path)
         info = _inspect(self.path)
         self.variant = info.variant
@@ -237,11 +251,6 @@ class Galaxy10Dataset(torch.utils.data.Dataset):
         if split is None:
             self.indices = np.arange(info.num_images)
         else:
-            split = {'val': 'validation', 'valid': 'validation'}.get(split, split)
-            if split not in SPLITS:
-                raise Galaxy10Error(f"split must be None, 'train', 'validation' or 'test', got {split!r}")
-            if split == 'test' and not test_fraction:
-                raise Galaxy10Error("split='test' needs test_fraction > 0 (the fraction prepare --test-fraction used)")
             splits = stratified_split(info.labels, val_fraction, test_fraction, seed)
             self.indices = np.flatnonzero(splits == split)
         self.split = split
@@ -469,7 +478,7 @@ def prepare_galaxy10(
     h5_path, out_dir = Path(h5_path), Path(out_dir)
     if image_format not in IMAGE_FORMATS:
         raise Galaxy10Error(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
-    stratified_split([0, 0, 0], val_fraction, test_fraction, seed)  # checks the split arguments
+    _check_arguments(val_fraction, test_fraction, seed)
     workers = workers or min(8, os.cpu_count() or 1)
     _import_h5py()
     info = _inspect(h5_path)
