@@ -7,6 +7,7 @@ exercised; everything else is the real client code path. Downloads: ``HEAD``/``G
 
 No Hub mirror package on PyPI accepts uploads (olah serves downloads only), hence this file; ``OlahMirror`` runs
 olah over a git copy of a pushed repo (``LoopbackHub.export_git``) for a second, independent download server.
+``SilentEndpoint`` is the opposite: a port that accepts connections and never answers (a hung proxy or server).
 
 State lives in memory, a commit is applied all at once or not at all, and ``fail_next_commit`` injects a server
 error after the payload has been read, to check that a failed push leaves the repository untouched. Only the
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -28,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-__all__ = ['LoopbackHub', 'OlahMirror']
+__all__ = ['LoopbackHub', 'OlahMirror', 'SilentEndpoint']
 
 _MAX_BODY = 256 * 1024 * 1024  # refuse absurd bodies instead of reading them
 
@@ -121,6 +123,19 @@ class LoopbackHub:
         repo.commits[oid] = files
         repo.messages[oid] = message
         return oid
+
+
+class SilentEndpoint:
+    """``with SilentEndpoint() as url``: a loopback port whose connections the kernel accepts and nobody answers."""
+
+    def __enter__(self) -> str:
+        self._socket = socket.socket()
+        self._socket.bind(('127.0.0.1', 0))
+        self._socket.listen(64)  # the backlog completes the handshakes; accept() is never called
+        return 'http://127.0.0.1:%d' % self._socket.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:
+        self._socket.close()
 
 
 class _Handler(BaseHTTPRequestHandler):

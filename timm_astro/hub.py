@@ -303,7 +303,7 @@ def export_model(
         except (ValueError, AssertionError) as e:
             raise HubError(f'cannot export this model: {e}') from None
         except SafetensorError as e:  # its I/O errors (a full disk) carry the OS error code in the text only
-            code = re.search(r'\bcode: (\d+)', str(e))
+            code = re.search(r'(?:os error|code:) (\d+)', str(e))
             if code is None:
                 raise
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp / EXPORT_FILES[1])) from None

@@ -95,13 +95,18 @@ def _read_pickle(path: Path) -> Any:
         raise UserError(f'{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {detail}') from None
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], source: Union[str, Path], allow_nan: bool = False) -> None:
+def check_finite(
+        tensors: Mapping[str, torch.Tensor],
+        source: Union[str, Path],
+        allow_nan: bool = False,
+        remedy: str = 'allow_nan (--allow-nan) accepts them',
+) -> None:
     """Refuse weights holding NaN or infinity (a diverged run, or a damaged file), naming ``source``."""
     bad = [k for k, v in tensors.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
     if bad and not allow_nan:
         shown = ', '.join(bad[:3]) + (' ...' if len(bad) > 3 else '')
         raise UserError(f'{source}: {len(bad)} weight tensors hold NaN or infinite values ({shown}): the training '
-                        f'diverged or the file is damaged; expected finite weights (--allow-nan to accept them)')
+                        f'diverged or the file is damaged; expected finite weights ({remedy})')
 
 
 def read_args_yaml(path: PathLike) -> Dict[str, Any]:
@@ -292,7 +297,7 @@ def _load_export(spec: str, allow_nan: bool = False, **kwargs: Any) -> nn.Module
         detail = ' '.join(str(e).split())[:400] or type(e).__name__
         raise UserError(f'{spec}: does not load with timm ({type(e).__name__}: {detail}); expected an export: '
                         f'config.json naming a registered architecture, and weights that fit it') from None
-    check_finite(model.state_dict(), _hub_file(spec, 'model.safetensors'), allow_nan)
+    check_finite(model.state_dict(), _hub_file(spec, 'model.safetensors'), allow_nan, 'export or download it again')
     return model.eval()
 
 

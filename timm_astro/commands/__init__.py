@@ -4,6 +4,7 @@ A command parses its arguments, calls the library and turns the errors a user ca
 exit code 2 (``run_command``); anything unexpected keeps its traceback. Imports point one way: commands import the
 library (``timm_astro.models``, ``data``, ``hub``, ``evaluation``, ...), the library never imports a command.
 """
+import argparse
 import os
 import signal
 import sys
@@ -12,7 +13,18 @@ from typing import Callable, Optional
 
 from timm_astro.errors import UserError, describe_os_error
 
-__all__ = ['run_command', 'say_error']
+__all__ = ['run_command', 'say_error', 'positive_int']
+
+
+def positive_int(value: str) -> int:
+    """argparse type: a whole number of at least 1 (a count of classes, workers, ...)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f'expected a whole number of at least 1, got {value!r}')
+    return number
 
 
 def say_error(prog: str, message: str, secret: Optional[str] = None) -> int:

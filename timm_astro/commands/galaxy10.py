@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 from typing import List, Optional
 
-from timm_astro.commands import run_command
+from timm_astro.commands import positive_int, run_command
 from timm_astro.data.galaxy10 import IMAGE_FORMATS, prepare_galaxy10
 
 PROG = 'timm-astro galaxy10'
@@ -16,16 +16,6 @@ def _sha256_arg(value: str) -> str:
     raise argparse.ArgumentTypeError(
         f'expected 64 hex digits (or nothing, for the published Galaxy10_DECals.h5 checksum), got {value!r}; '
         f'a bare --sha256 goes after the file names')
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f'expected a whole number of at least 1, got {value!r}')
-    return number
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -53,7 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
                            'Galaxy10_DECals.h5 checksum')
     prep.add_argument('--overwrite', action='store_true',
                       help='replace OUT_DIR if it holds an earlier output of this command')
-    prep.add_argument('--workers', type=_positive_int, default=None,
+    prep.add_argument('--workers', type=positive_int, default=None,
                       help='image-encoding threads (default: CPU count, at most 8); does not change the output')
     prep.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser

@@ -11,6 +11,8 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from timm_astro.commands import positive_int, run_command
+
 
 def model_row(name: str, num_classes: int = 1000) -> Dict[str, object]:
     """Parameters and GMACs of one registered model at its default input size."""
@@ -35,10 +37,10 @@ def markdown_table(rows: List[Dict[str, object]]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-astro models', description=__doc__.splitlines()[0])
     parser.add_argument('pattern', nargs='?', default='astroformer*', help='timm model name filter')
-    parser.add_argument('--num-classes', type=int, default=1000, help='classifier width the counts are for')
+    parser.add_argument('--num-classes', type=positive_int, default=1000, help='classifier width the counts are for')
     args = parser.parse_args(argv)
     names = timm.list_models(args.pattern)
     if not names:
         parser.error(f'no registered model matches {args.pattern!r}')
-    print(markdown_table([model_row(name, args.num_classes) for name in names]))
-    return 0
+    rows = lambda: [model_row(name, args.num_classes) for name in names]  # noqa: E731
+    return run_command(parser.prog, lambda: print(markdown_table(rows())))
