@@ -15,8 +15,20 @@ import torch
 
 __all__ = [
     'machine_info', 'command_line', 'read_status_kb', 'reset_peak_rss', 'release_free_memory', 'fmt_num',
-    'markdown_table', 'matmul_gflops', 'write_text_atomic',
+    'markdown_table', 'matmul_gflops', 'write_text_atomic', 'create_benchmark_model',
 ]
+
+# timm families whose attention windows are fixed at construction: they must be built for the input size
+FIXED_SIZE_FAMILIES = ('coatnet', 'maxvit', 'maxxvit')
+
+
+def create_benchmark_model(name: str, num_classes: int, img_size: int, **kwargs: Any) -> torch.nn.Module:
+    """``timm.create_model(name, ...)`` built for ``img_size`` where the family needs it (MaxxVit-style windows);
+    Astroformer models run at any size and take ``img_size`` only as their reference size."""
+    import timm
+    if any(family in name for family in FIXED_SIZE_FAMILIES) and not name.startswith('astroformer'):
+        kwargs['img_size'] = img_size
+    return timm.create_model(name, num_classes=num_classes, **kwargs)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

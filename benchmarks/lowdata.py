@@ -1,31 +1,37 @@
 #!/usr/bin/env python3
-"""Accuracy with few labelled images: Astroformer against timm peers, same recipe and budget for every model.
+"""Accuracy with few labelled images: Astroformer against timm peers on real galaxies, same recipe for all.
 
-For each k in ``--shots`` (images per class; ``all`` = the whole training split) and each seed, every model trains
-from scratch on the same k images per class (the subsets are nested: the 10 images of a class are the first 10 of
-its 50) with the same augmentation, optimizer, schedule, image size and number of optimizer steps, then is scored
-(top-1) on the whole validation split. Reports the mean and spread over seeds, a markdown table and a plot of
-accuracy against images per class.
+Data: an ImageFolder with ``train/``, ``validation/`` and ``test/`` (``timm-astro import galaxy10-decals-sample
+...`` writes one from the 1,000 real Galaxy10 DECals images); ``--data-dir synthetic`` renders the package's
+synthetic galaxies instead (no download: for a quick check of the script).
 
-Data: any ImageFolder with ``train/`` and ``validation/`` (``--data-dir``); by default the package's synthetic
-galaxies (``timm_astro.data.synthetic_galaxies``), generated once into ``--cache-dir``.
+For each k in ``--shots`` (training images per class; ``all`` = the whole training split), each seed and each model,
+a model is trained from scratch on k images per class (nested subsets: the 10 of a class are the first 10 of its
+30, per seed) with one recipe (``timm_astro.recipes.LOWDATA_GALAXY_RECIPE``, train.py's keys, ``--set KEY=VALUE``
+to change a value, ``--grid KEY=V1,V2`` to try several) for about ``--steps`` optimizer steps whatever k is (the
+number of epochs follows), through ``timm_astro.training`` (timm's own loader, Mixup, optimizer, scheduler). It is
+then scored on the test split (and validation, which is the one to choose on) without and with D4 test-time
+averaging (``timm_astro.evaluation``). Training cost is the CPU time of the training process (data loading
+included: it runs in the process).
 
-Budget: ``--epochs`` over the subset, but never fewer than ``--min-steps`` optimizer steps (an epoch of 60 images is
-two steps). The defaults are sized for a 2-core CPU (under 20 minutes); see benchmarks/README.md for GPU settings.
+Models are ``NAME@SIZE`` (input size in px) with optional model arguments, ``NAME[key=value,...]@SIZE``, e.g.
+``astroformer_small[rel_pos_type=table]@32``. Every model gets the same normalisation (nothing is pretrained).
 
-Examples::
+Writes ``<out-dir>/<name>.json`` (every run), ``<name>.md`` (tables: mean ± std over seeds) and
+``<name>_shots.png`` / ``<name>_cost.png`` (accuracy against images per class, and against training cost);
+``--resume`` skips runs already in the JSON. Examples::
 
-    python benchmarks/lowdata.py                                  # defaults: synthetic galaxies, 32 px, CPU
-    python benchmarks/lowdata.py --data-dir /data/galaxy10_decals --img-size 64 --shots 10 50 200 all \\
-        --models astroformer_base astroformer_0 resnet18 coatnet_0_rw_224 --epochs 100 --seeds 0 1 2 --device cuda
+    timm-astro import galaxy10-decals-sample <copy>/galaxy_type_dataset data/galaxy10_sample
+    python benchmarks/lowdata.py --data-dir data/galaxy10_sample          # the default study, ~1 h on 2 cores
+    python benchmarks/lowdata.py --data-dir synthetic --models resnet18@16 --shots 4 --seeds 0 --steps 4
 """
 import argparse
+import itertools
 import json
-import math
+import re
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -34,38 +40,52 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
+import yaml  # noqa: E402
 
-import timm  # noqa: E402
 import timm_astro  # noqa: E402,F401  registers the astroformer models
-from timm.data import Mixup, create_dataset, create_transform  # noqa: E402
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
-from timm.optim import create_optimizer_v2  # noqa: E402
-from timm.scheduler import create_scheduler_v2  # noqa: E402
+from timm.data import create_dataset  # noqa: E402
+from timm_astro.evaluation.evaluate import evaluate, open_labelled_data  # noqa: E402
+from timm_astro.recipes import LOWDATA_GALAXY_RECIPE  # noqa: E402
+from timm_astro.training import train_args, train_classifier  # noqa: E402
 
-from benchutils import command_line, fmt_num, machine_info, markdown_table, write_text_atomic  # noqa: E402
+from benchutils import (  # noqa: E402
+    command_line, create_benchmark_model, fmt_num, machine_info, markdown_table, write_text_atomic)
 
-DEFAULT_MODELS = ('astroformer_small', 'resnet18', 'coatnet_0_rw_224')
-MEAN = STD = (0.5, 0.5, 0.5)  # one normalisation for every model: nothing here is pretrained
+DEFAULT_MODELS = ('astroformer_small@32', 'resnet18@32', 'convnext_atto@32', 'coatnet_nano_rw_224@32',
+                  'astroformer_0@64', 'resnet18@64', 'convnext_atto@64', 'coatnet_nano_rw_224@64')
+NORMALISE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}  # one normalisation for every model
+EVAL_TTA = 'd4'
 
 
-def synthetic_dataset(cache_dir: Path, train_per_class: int, val_per_class: int, img_size: int, seed: int = 0) -> Path:
-    """The package's synthetic galaxies as an ImageFolder, generated once per setting."""
-    from timm_astro.data.synthetic_galaxies import GENERATOR_VERSION, write_image_folder
-    # the generator's version is in the name: images from an older generator are never reused
-    root = cache_dir / (f'synthetic_galaxies_v{GENERATOR_VERSION}_{img_size}px_{train_per_class}x{val_per_class}'
-                        f'_seed{seed}')
-    done = root / '.complete'
-    if not done.exists():
-        write_image_folder(root, train_per_class, num_val_per_class=val_per_class, seed=seed, image_size=img_size,
-                           overwrite=True)
-        done.write_text('ok\n')
-    return root
+def parse_model(spec: str) -> Tuple[str, Dict[str, Any], int]:
+    """``NAME[k=v,...]@SIZE`` -> (name, model kwargs, input size)."""
+    match = re.fullmatch(r'([\w.]+)(?:\[([^\]]*)\])?@(\d+)', spec)
+    if not match:
+        raise SystemExit(f'--models {spec!r}: expected NAME@SIZE or NAME[key=value,...]@SIZE')
+    kwargs = dict(_key_value(item) for item in match.group(2).split(',')) if match.group(2) else {}
+    return match.group(1), kwargs, int(match.group(3))
+
+
+def _key_value(item: str) -> Tuple[str, Any]:
+    key, sep, value = item.partition('=')
+    if not sep or not key:
+        raise SystemExit(f'{item!r}: expected KEY=VALUE')
+    return key.strip(), yaml.safe_load(value)
+
+
+def recipe_variants(base: Dict[str, Any], sets: Sequence[str], grids: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """The recipes to run, keyed by a short id ('base', or 'lr=0.001,mixup=0.2' for grid points)."""
+    recipe = {**base, **dict(_key_value(s) for s in sets)}
+    axes = []
+    for grid in grids:
+        key, _, values = grid.partition('=')
+        axes.append([(key, yaml.safe_load(v)) for v in values.split(',')])
+    if not axes:
+        return {'base': recipe}
+    return {','.join(f'{k}={v}' for k, v in point): {**recipe, **dict(point)} for point in itertools.product(*axes)}
 
 
 def class_indices(dataset) -> Dict[int, List[int]]:
-    """Sample indices of each class of a timm ImageFolder dataset, in file order."""
     by_class: Dict[int, List[int]] = {}
     for index, (_, target) in enumerate(dataset.reader.samples):
         by_class.setdefault(int(target), []).append(index)
@@ -79,250 +99,240 @@ def few_shot_indices(by_class: Dict[int, List[int]], shots: Optional[int], seed:
     for target in sorted(by_class):
         order = [by_class[target][i] for i in rng.permutation(len(by_class[target]))]
         chosen += order if shots is None else order[:shots]
-    return chosen
+    return sorted(chosen)
 
 
-def create_peer(name: str, num_classes: int, img_size: int, drop_path_rate: float) -> nn.Module:
-    """A model for this image size; MaxxVit-family peers are built for it (their attention windows are fixed)."""
-    kwargs: Dict[str, Any] = {}
-    if any(k in name for k in ('coatnet', 'maxvit', 'maxxvit')) and not name.startswith('astroformer'):
-        kwargs['img_size'] = img_size
-    return timm.create_model(name, num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)
+def synthetic_data(cache_dir: Path) -> Path:
+    """The package's synthetic galaxies with a test split, rendered once (a download-free stand-in)."""
+    from timm_astro.data.synthetic_galaxies import GENERATOR_VERSION, write_image_folder
+    root = cache_dir / f'synthetic_galaxies_v{GENERATOR_VERSION}_64px_lowdata'
+    if not (root / '.complete').exists():
+        write_image_folder(root, 40, num_val_per_class=8, seed=0, image_size=64, overwrite=True)
+        write_image_folder(root / '_test', 1, num_val_per_class=8, seed=1, image_size=64, overwrite=True)
+        (root / '_test' / 'validation').rename(root / 'test')
+        import shutil
+        shutil.rmtree(root / '_test')
+        (root / '.complete').write_text('ok\n')
+    return root
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast) -> float:
-    model.eval()
-    correct = total = 0
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        with autocast():
-            logits = model(images)
-        correct += (logits.argmax(-1) == targets).sum().item()
-        total += targets.numel()
-    return 100. * correct / max(total, 1)
-
-
-def train_one(
-        name: str,
-        train_set,
-        val_loader: DataLoader,
-        num_classes: int,
-        seed: int,
-        args: argparse.Namespace,
-        device: torch.device,
-) -> Dict[str, Any]:
-    """Train one model from scratch on one subset with the shared recipe; top-1 on the validation split."""
+def run_one(spec: str, recipe: Dict[str, Any], shots: str, seed: int, train_root: Path, eval_data: Dict[str, Any],
+            args: argparse.Namespace) -> Dict[str, Any]:
+    """Train one model on one subset with one recipe, then score it on the evaluation splits."""
+    name, model_kwargs, size = parse_model(spec)
+    dataset = create_dataset('', root=str(train_root), split='train', is_training=True)
+    by_class = class_indices(dataset)
+    dataset.reader.samples = [dataset.reader.samples[i] for i in
+                              few_shot_indices(by_class, None if shots == 'all' else int(shots), seed)]
+    batch = recipe['batch_size']
+    updates_per_epoch = len(dataset) // batch
+    epochs = max(1, round(args.steps / max(updates_per_epoch, 1)))
+    run_recipe = {**recipe, 'epochs': epochs, 'seed': seed,
+                  'warmup_epochs': min(recipe.get('warmup_epochs', 0), max(1, round(epochs * args.warmup_fraction)))}
+    num_classes = len(by_class)
     torch.manual_seed(seed)
-    model = create_peer(name, num_classes, args.img_size, args.drop_path).to(device)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=min(args.batch_size, len(train_set)), shuffle=True, drop_last=True,
-                        num_workers=args.workers, generator=generator)
-    steps_per_epoch = len(loader)
-    total_steps = max(args.epochs * steps_per_epoch, args.min_steps)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    optimizer = create_optimizer_v2(model, args.opt, lr=args.lr, weight_decay=args.weight_decay)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, 'cosine', num_epochs=epochs, warmup_epochs=min(args.warmup_epochs, max(epochs - 1, 0)),
-        warmup_lr=args.lr * 0.01, min_lr=args.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
-    mixup = Mixup(mixup_alpha=args.mixup, label_smoothing=args.smoothing, num_classes=num_classes) \
-        if args.mixup > 0 else None
-    criterion = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(args.smoothing)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
-    start, step, losses = time.time(), 0, []
-    model.train()
-    for epoch in range(epochs):
-        for images, targets in loader:
-            if step >= total_steps:
-                break
-            images, targets = images.to(device), targets.to(device)
-            if mixup:
-                if images.shape[0] % 2:  # mixup pairs a batch with its flip: it needs an even batch
-                    images, targets = images[:-1], targets[:-1]
-                images, targets = mixup(images, targets)
-            with autocast():
-                loss = criterion(model(images).float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            scheduler.step_update(step)
-            losses.append(loss.item())
-    train_time = time.time() - start
-    top1 = evaluate(model, val_loader, device, autocast)
-    return {
-        'model': name, 'seed': seed, 'top1': top1, 'steps': step, 'epochs': epochs, 'train_images': len(train_set),
-        'final_loss': statistics.mean(losses[-max(1, steps_per_epoch):]), 'train_time_s': train_time,
-        'eval_time_s': time.time() - start - train_time, 'params': sum(p.numel() for p in model.parameters()),
-    }
+    model = create_benchmark_model(name, num_classes=num_classes, img_size=size,
+                                   drop_path_rate=run_recipe.get('drop_path') or 0.0, **model_kwargs)
+    data_config = {'input_size': (3, size, size), 'crop_pct': 1.0, 'interpolation': 'bicubic', **NORMALISE}
+    result = train_classifier(model, dataset, train_args(run_recipe), data_config=data_config,
+                              num_classes=num_classes, workers=args.workers)
+    trained = result.final_model.eval()
+    out = {'model': spec, 'shots': shots, 'seed': seed, 'train_images': len(dataset), 'epochs': epochs,
+           'steps': result.steps, 'train_cpu_s': result.cpu_seconds, 'train_wall_s': result.wall_seconds,
+           'params': sum(p.numel() for p in trained.parameters()), 'final_train_loss': result.history[-1]['train_loss']}
+    for split, data in eval_data.items():
+        evaluation = evaluate(trained, data, data_config=data_config, tta=EVAL_TTA, batch_size=args.eval_batch_size,
+                              workers=args.workers, progress=False)
+        for mode, metrics in evaluation.metrics.items():
+            tag = '' if mode == 'none' else f'_{mode}'
+            out[f'{split}_top1{tag}'] = metrics['top1']
+            out[f'{split}_balanced{tag}'] = metrics['balanced_accuracy']
+    return out
 
 
-def summarize(results: List[Dict[str, Any]], models: Sequence[str], shots: Sequence[str]) -> List[Dict[str, Any]]:
-    """Mean, standard deviation and range of top-1 over seeds, per model and k."""
+def _stats(values: List[float]) -> Dict[str, float]:
+    return {'mean': statistics.mean(values), 'std': statistics.stdev(values) if len(values) > 1 else 0.0,
+            'min': min(values), 'max': max(values), 'n': len(values)}
+
+
+METRICS = ('test_top1', 'test_top1_d4', 'test_balanced', 'test_balanced_d4', 'validation_top1',
+           'validation_top1_d4', 'train_cpu_s')
+
+
+def summarize(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Mean, std and range over seeds per (recipe, model, k)."""
+    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r['recipe'], r['model'], r['shots']), []).append(r)
     summary = []
-    for shot in shots:
-        for name in models:
-            accs = [r['top1'] for r in results if r['model'] == name and r['shots'] == shot]
-            if not accs:
-                continue
-            summary.append({
-                'model': name, 'shots': shot, 'top1_mean': statistics.mean(accs),
-                'top1_std': statistics.stdev(accs) if len(accs) > 1 else 0., 'top1_min': min(accs),
-                'top1_max': max(accs), 'seeds': len(accs),
-                'train_time_s': statistics.mean(r['train_time_s'] for r in results
-                                                if r['model'] == name and r['shots'] == shot),
-            })
+    for (recipe, model, shots), members in groups.items():
+        entry = {'recipe': recipe, 'model': model, 'shots': shots, 'seeds': sorted(r['seed'] for r in members),
+                 'params': members[0]['params'], 'steps': statistics.mean(r['steps'] for r in members)}
+        for metric in METRICS:
+            values = [r[metric] for r in members if metric in r]
+            if values:
+                entry[metric] = _stats(values)
+        summary.append(entry)
     return summary
 
 
+def _cell(stats: Optional[Dict[str, float]]) -> str:
+    if not stats:
+        return ''
+    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+
+
 def render_markdown(report: Dict[str, Any]) -> str:
-    m, s = report['machine'], report['settings']
+    s, m = report['settings'], report['machine']
+    recipe_text = ', '.join(f'{k} {v}' for k, v in s['recipe'].items())
     lines = [
-        '# Low-data accuracy\n',
-        f"Data: `{s['data']}` ({s['num_classes']} classes, {s['train_size']} training / {s['val_size']} validation "
-        f"images), {s['img_size']}x{s['img_size']} px. Recipe (every model): {s['opt']} lr {s['lr']} wd "
-        f"{s['weight_decay']}, cosine schedule with {s['warmup_epochs']} warm-up epoch(s), batch {s['batch_size']}, "
-        f"{s['epochs']} epochs but at least {s['min_steps']} steps, label smoothing {s['smoothing']}, mixup "
-        f"{s['mixup']}, augmentation `{s['augmentation']}`, drop path {s['drop_path']}; seeds {s['seeds']}.\n",
+        f"# Low-data accuracy: {s['data_name']}\n",
+        f"Data: `{s['data']}` ({s['num_classes']} classes; {s['train_size']} training, {s['eval_sizes']} evaluation "
+        f"images). Every model: about {s['steps']} optimizer steps of batch {s['recipe']['batch_size']} whatever k "
+        f"is (so k=10 runs many more epochs than k=all), the same recipe, input size per model as given. "
+        f"Recipe (train.py keys): {recipe_text}.\n",
         f"Machine: {m['cpu_model']} x{m['logical_cpus']} ({m['device']}), torch {m['torch']}, timm {m['timm']}. "
-        f"Command: `{report['command']}` ({report['wall_time_s'] / 60:.1f} min, started {report['date']}).\n",
-        'Top-1 (%) on the validation split: mean ± standard deviation over seeds (min-max).\n',
+        f"Command: `{report['command']}` ({report['wall_time_s'] / 60:.0f} min, started {report['date']}).\n",
+        f"Test top-1 (%) and balanced accuracy, mean ± std over seeds {s['seeds']}, plain / with D4 test-time "
+        f"averaging; training cost in CPU-seconds (both cores count). The test split has "
+        f"{s['eval_sizes'].get('test', '?')} images: one image is "
+        f"{100 / max(1, s['eval_sizes'].get('test', 1)):.1f} points.\n",
     ]
-    models = list(dict.fromkeys(r['model'] for r in report['summary']))
-    params = {r['model']: r['params'] for r in report['results']}
-    header = ['images per class'] + [f"`{name}` ({params[name] / 1e6:.2f}M)" for name in models]
-    table = []
-    for shot in dict.fromkeys(r['shots'] for r in report['summary']):
-        row = [shot]
-        for name in models:
-            match = [r for r in report['summary'] if r['model'] == name and r['shots'] == shot]
-            row.append(f"{match[0]['top1_mean']:.1f} ± {match[0]['top1_std']:.1f} ({match[0]['top1_min']:.1f}-"
-                       f"{match[0]['top1_max']:.1f})" if match else '')
-        table.append(row)
-    lines.append(markdown_table(header, table))
-    lines.append(f"Chance: {100 / s['num_classes']:.1f}%. Mean training time per run (s): " + ', '.join(
-        f"{name} {fmt_num(statistics.mean(r['train_time_s'] for r in report['summary'] if r['model'] == name))}"
-        for name in models) + '.\n')
+    for recipe in dict.fromkeys(e['recipe'] for e in report['summary']):
+        if len(report['recipes']) > 1:
+            lines.append(f'## Recipe `{recipe}`\n')
+        rows = []
+        for e in [e for e in report['summary'] if e['recipe'] == recipe]:
+            rows.append([f"`{e['model']}`", e['shots'], f"{e['params'] / 1e6:.2f}M", len(e['seeds']),
+                         f"{_cell(e.get('test_top1'))} / {_cell(e.get('test_top1_d4'))}",
+                         f"{_cell(e.get('test_balanced'))} / {_cell(e.get('test_balanced_d4'))}",
+                         f"{_cell(e.get('validation_top1'))} / {_cell(e.get('validation_top1_d4'))}",
+                         fmt_num(e['train_cpu_s']['mean'])])
+        rows.sort(key=lambda r: (report['settings']['shots'].index(r[1]), r[0]))
+        lines.append(markdown_table(
+            ['model', 'k', 'params', 'seeds', 'test top-1 plain / D4', 'test balanced plain / D4',
+             'validation top-1 plain / D4', 'train CPU-s'], rows))
+    lines.append(f"Chance: {100 / s['num_classes']:.1f}%.\n")
     return '\n'.join(lines)
 
 
-def render_plot(report: Dict[str, Any], path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+def render_plots(report: Dict[str, Any], base: Path) -> None:
+    from timm_astro.evaluation.plots import pyplot
+    plt = pyplot()
     s = report['settings']
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for name in dict.fromkeys(r['model'] for r in report['summary']):
-        points = [r for r in report['summary'] if r['model'] == name]
-        xs = [s['shot_counts'][r['shots']] for r in points]
-        means = [r['top1_mean'] for r in points]
-        ax.errorbar(xs, means, yerr=[[m - r['top1_min'] for m, r in zip(means, points)],
-                                     [r['top1_max'] - m for m, r in zip(means, points)]],
-                    marker='o', capsize=3, label=name)
-    ax.axhline(100 / s['num_classes'], color='gray', ls=':', lw=1, label='chance')
-    ax.set_xscale('log')
-    ax.set_xlabel('labelled training images per class')
-    ax.set_ylabel('top-1 (%) on validation')
-    ax.set_title(f"{Path(s['data']).name}, {s['img_size']} px, {len(s['seeds'])} seeds (bars: min-max)", fontsize=9)
-    ax.grid(True, which='both', alpha=.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    summary = [e for e in report['summary'] if 'test_top1_d4' in e]
+    for kind in ('shots', 'cost'):
+        fig, ax = plt.subplots(figsize=(7.5, 5))
+        for i, (recipe, model) in enumerate(dict.fromkeys((e['recipe'], e['model']) for e in summary)):
+            points = [e for e in summary if e['recipe'] == recipe and e['model'] == model]
+            points.sort(key=lambda e: s['shot_counts'][e['shots']])
+            xs = [s['shot_counts'][e['shots']] if kind == 'shots' else e['train_cpu_s']['mean'] for e in points]
+            ys = [e['test_top1_d4']['mean'] for e in points]
+            err = [e['test_top1_d4']['std'] for e in points]
+            label = model if len(report['recipes']) == 1 else f'{model} ({recipe})'
+            style = '-' if model.startswith('astroformer') else '--'
+            ax.errorbar(xs, ys, yerr=err, marker='o', ls=style, capsize=3, label=label, color=f'C{i % 10}')
+            if kind == 'cost':
+                for x, y, e in zip(xs, ys, points):
+                    ax.annotate(f"k={e['shots']}", (x, y), fontsize=6, xytext=(3, 3), textcoords='offset points')
+        ax.axhline(100 / s['num_classes'], color='grey', ls=':', lw=1, label='chance')
+        ax.set_xscale('log')
+        ax.set_xlabel('labelled training images per class' if kind == 'shots' else
+                      'training cost (CPU-seconds, log scale)')
+        ax.set_ylabel('test top-1 with D4 averaging (%)')
+        ax.set_title(f"{s['data_name']}: mean ± std over {len(s['seeds'])} seeds, ~{s['steps']} steps per run",
+                     fontsize=9)
+        ax.grid(True, which='both', alpha=.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(base.with_name(f'{base.name}_{kind}.png'), dpi=120)
+        plt.close(fig)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data-dir', type=Path, default=None,
-                        help='ImageFolder root with train/ and validation/ (default: synthetic galaxies)')
-    parser.add_argument('--train-split', default='train')
-    parser.add_argument('--val-split', default='validation')
+    parser.add_argument('--data-dir', required=True,
+                        help="ImageFolder with train/, validation/ and test/ (timm-astro import), or 'synthetic'")
     parser.add_argument('--cache-dir', type=Path, default=Path.home() / '.cache' / 'timm-astro' / 'benchmarks')
-    parser.add_argument('--synthetic-train', type=int, default=100, help='synthetic training images per class')
-    parser.add_argument('--synthetic-val', type=int, default=50, help='synthetic validation images per class')
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS))
     parser.add_argument('--shots', nargs='+', default=['10', '30', 'all'], help="images per class, or 'all'")
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
-    parser.add_argument('--img-size', type=int, default=32)
-    parser.add_argument('--epochs', type=int, default=2)
-    parser.add_argument('--min-steps', type=int, default=24, help='optimizer steps at least, however small the subset')
-    parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--opt', default='adamw')
-    parser.add_argument('--lr', type=float, default=2e-3)
-    parser.add_argument('--weight-decay', type=float, default=0.05)
-    parser.add_argument('--warmup-epochs', type=int, default=1)
-    parser.add_argument('--smoothing', type=float, default=0.1)
-    parser.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (0: off); the paper used 0.8')
-    parser.add_argument('--aa', default=None, help="RandAugment policy, e.g. 'rand-m7-mstd0.5' (avoid inc1)")
-    parser.add_argument('--drop-path', type=float, default=0.1)
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--amp', action='store_true', help='bf16 autocast')
-    parser.add_argument('--workers', type=int, default=0)
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--steps', type=int, default=160, help='optimizer steps per run, about (epochs follow)')
+    parser.add_argument('--warmup-fraction', type=float, default=0.05, help='warm-up epochs as a fraction of all')
+    parser.add_argument('--recipe', default=None, help="a train.py YAML recipe (default: the low-data galaxy one)")
+    parser.add_argument('--set', dest='sets', nargs='*', default=[], metavar='KEY=VALUE', help='recipe overrides')
+    parser.add_argument('--grid', nargs='*', default=[], metavar='KEY=V1,V2', help='recipe values to try')
+    parser.add_argument('--eval-splits', nargs='+', default=['validation', 'test'], choices=['validation', 'test'])
+    parser.add_argument('--eval-batch-size', type=int, default=50)
+    parser.add_argument('--workers', type=int, default=0, help='loader workers (0: in process, counted in CPU-s)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     parser.add_argument('--out-dir', type=Path, default=HERE / 'results')
     parser.add_argument('--name', default='lowdata')
+    parser.add_argument('--resume', action='store_true', help='keep the runs already in the JSON, run the rest')
     parser.add_argument('--no-plot', action='store_true')
     args = parser.parse_args(argv)
 
     started = time.time()
-    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = args.data_dir or synthetic_dataset(args.cache_dir, args.synthetic_train, args.synthetic_val, args.img_size)
-    train_tf = create_transform(
-        args.img_size, is_training=True, scale=(0.6, 1.0), hflip=0.5, vflip=0.5, color_jitter=0.,
-        auto_augment=args.aa, interpolation='bicubic', mean=MEAN, std=STD)
-    eval_tf = create_transform(args.img_size, is_training=False, crop_pct=1.0, interpolation='bicubic', mean=MEAN,
-                               std=STD)
-    train_full = create_dataset('', root=str(data), split=args.train_split, transform=train_tf)
-    val_set = create_dataset('', root=str(data), split=args.val_split, transform=eval_tf)
-    num_classes = len(train_full.reader.class_to_idx)
+    data_root = synthetic_data(args.cache_dir) if args.data_dir == 'synthetic' else Path(args.data_dir)
+    base = dict(LOWDATA_GALAXY_RECIPE)
+    if args.recipe:
+        base = yaml.safe_load(Path(args.recipe).read_text())
+    recipes = recipe_variants(base, args.sets, args.grid)
+    for recipe in recipes.values():
+        train_args(recipe)  # refuse a bad recipe before the first run
+    for spec in args.models:
+        parse_model(spec)
+    eval_data = {split: open_labelled_data(data_root, split) for split in args.eval_splits}
+    train_full = create_dataset('', root=str(data_root), split='train')
     by_class = class_indices(train_full)
     smallest = min(len(v) for v in by_class.values())
     shot_counts = {shot: smallest if shot == 'all' else int(shot) for shot in args.shots}
-    for shot, count in shot_counts.items():
-        if count > smallest:
-            raise SystemExit(f'--shots {shot}: the smallest class has only {smallest} training images')
-    val_loader = DataLoader(val_set, batch_size=128, shuffle=False, num_workers=args.workers)
+    if any(count > smallest for count in shot_counts.values()):
+        raise SystemExit(f'--shots {args.shots}: the smallest class has only {smallest} training images')
 
-    results: List[Dict[str, Any]] = []
     out_base = args.out_dir / args.name
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    machine = machine_info(args.device)
-    augmentation = f"RandomResizedCrop(scale 0.6-1), h+v flips{', ' + args.aa if args.aa else ''}"
+    runs: List[Dict[str, Any]] = []
+    earlier_wall_s = 0.0
+    if args.resume and out_base.with_suffix('.json').exists():
+        previous = json.loads(out_base.with_suffix('.json').read_text())
+        runs, earlier_wall_s = previous['runs'], previous['wall_time_s']
+    done = {(r['recipe'], r['model'], r['shots'], r['seed']) for r in runs}
+    meta_path = data_root / 'dataset.json'
+    data_name = json.loads(meta_path.read_text()).get('title', data_root.name) if meta_path.exists() \
+        else data_root.name
+    machine = machine_info('cpu')
+    plan = [(recipe_id, spec, shots, seed) for shots in args.shots for seed in args.seeds
+            for recipe_id in recipes for spec in args.models]
     report: Dict[str, Any] = {}
-    for shot in args.shots:
-        for seed in args.seeds:
-            indices = few_shot_indices(by_class, None if shot == 'all' else int(shot), seed)
-            subset = Subset(train_full, indices)
-            for name in args.models:
-                result = train_one(name, subset, val_loader, num_classes, seed, args, device)
-                result['shots'] = shot
-                results.append(result)
-                print(f"[{(time.time() - started) / 60:5.1f} min] {name} k={shot} seed {seed}: top-1 "
-                      f"{result['top1']:.1f}% ({result['steps']} steps, {result['train_time_s']:.0f} s)", flush=True)
-                report = {
-                    'command': command_line(), 'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)),
-                    'wall_time_s': time.time() - started, 'machine': machine,
-                    'settings': {
-                        'data': str(data), 'num_classes': num_classes, 'train_size': len(train_full),
-                        'val_size': len(val_set), 'img_size': args.img_size, 'shots': args.shots,
-                        'shot_counts': shot_counts, 'seeds': args.seeds, 'epochs': args.epochs,
-                        'min_steps': args.min_steps, 'batch_size': args.batch_size, 'opt': args.opt, 'lr': args.lr,
-                        'weight_decay': args.weight_decay, 'warmup_epochs': args.warmup_epochs,
-                        'smoothing': args.smoothing, 'mixup': args.mixup, 'augmentation': augmentation,
-                        'drop_path': args.drop_path, 'amp': args.amp,
-                    },
-                    'summary': summarize(results, args.models, args.shots), 'results': results,
-                }
-                write_text_atomic(out_base.with_suffix('.json'), json.dumps(report, indent=1))
-                write_text_atomic(out_base.with_suffix('.md'), render_markdown(report))
-    if not args.no_plot:
-        render_plot(report, out_base.with_suffix('.png'))
+    for n, (recipe_id, spec, shots, seed) in enumerate(plan, start=1):
+        if (recipe_id, spec, shots, seed) not in done:
+            result = run_one(spec, recipes[recipe_id], shots, seed, data_root, eval_data, args)
+            result['recipe'] = recipe_id
+            runs.append(result)
+            shown = result.get('test_top1_d4', result.get('validation_top1_d4'))
+            print(f"[{(time.time() - started) / 60:6.1f} min {n}/{len(plan)}] {spec} {recipe_id} k={shots} seed "
+                  f"{seed}: top-1 (D4) {shown:.1f}%, {result['steps']} steps, {result['train_cpu_s']:.0f} CPU-s",
+                  flush=True)
+        report = {
+            'command': command_line(), 'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)),
+            'wall_time_s': earlier_wall_s + time.time() - started, 'machine': machine,
+            'settings': {'data': str(data_root), 'data_name': data_name, 'num_classes': len(by_class),
+                         'train_size': len(train_full),
+                         'eval_sizes': {k: len(v.item_ids) for k, v in eval_data.items()}, 'shots': args.shots,
+                         'shot_counts': shot_counts, 'seeds': args.seeds, 'steps': args.steps,
+                         'recipe': recipes[next(iter(recipes))], 'models': args.models},
+            'recipes': recipes, 'summary': summarize(runs), 'runs': runs,
+        }
+        write_text_atomic(out_base.with_suffix('.json'), json.dumps(report, indent=1))
+        write_text_atomic(out_base.with_suffix('.md'), render_markdown(report))
+    if not args.no_plot and report:
+        render_plots(report, out_base)
     print(f"wrote {out_base.with_suffix('.json')}, {out_base.with_suffix('.md')}"
-          + ('' if args.no_plot else f", {out_base.with_suffix('.png')}"))
+          + ('' if args.no_plot else f", {out_base}_shots.png, {out_base}_cost.png"))
     return report
 
 

@@ -16,7 +16,6 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 sys.path.insert(0, str(BENCHMARKS))
 import baselines  # noqa: E402
 import speed  # noqa: E402
-import lowdata  # noqa: E402
 
 
 # One thread: on a shared CPU two OpenMP threads that wait on each other can make tiny steps many times slower.
@@ -68,35 +67,6 @@ def test_speed_rejects_unknown_rows(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / 'speed.py'), '--models', 'no_such_model', '--dtypes',
                            'fp32', '--out-dir', str(tmp_path)], capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode != 0 and 'matches no row' in proc.stderr
-
-
-def test_lowdata_writes_json_markdown_and_plot(tmp_path):
-    run_script(
-        'lowdata.py', '--models', 'astroformer_small', 'resnet18', '--img-size', '16', '--shots', '2', 'all',
-        '--seeds', '0', '1', '--synthetic-train', '4', '--synthetic-val', '2', '--epochs', '1', '--min-steps', '2',
-        '--batch-size', '4', '--cache-dir', str(tmp_path / 'cache'), '--out-dir', str(tmp_path), '--name', 'smoke')
-    report = json.loads((tmp_path / 'smoke.json').read_text())
-    assert len(report['results']) == 2 * 2 * 2  # shots x seeds x models
-    assert {(r['model'], r['shots']) for r in report['summary']} == {
-        (m, s) for m in ('astroformer_small', 'resnet18') for s in ('2', 'all')}
-    for result in report['results']:
-        assert 0 <= result['top1'] <= 100 and result['steps'] >= 2
-        assert result['train_images'] == 6 * (2 if result['shots'] == '2' else 4)
-    assert report['settings']['num_classes'] == 6 and report['settings']['img_size'] == 16
-    markdown = (tmp_path / 'smoke.md').read_text()
-    assert '`astroformer_small`' in markdown and '| all |' in markdown
-    assert (tmp_path / 'smoke.png').read_bytes()[:8] == PNG_SIGNATURE
-
-
-def test_few_shot_subsets_are_balanced_nested_and_seeded():
-    by_class = {c: list(range(c * 100, c * 100 + 30)) for c in range(3)}
-    ten = lowdata.few_shot_indices(by_class, 10, seed=0)
-    twenty = lowdata.few_shot_indices(by_class, 20, seed=0)
-    assert len(ten) == 30 and all(sum(i // 100 == c for i in ten) == 10 for c in range(3))
-    assert set(ten) <= set(twenty)
-    assert ten == lowdata.few_shot_indices(by_class, 10, seed=0)
-    assert ten != lowdata.few_shot_indices(by_class, 10, seed=1)
-    assert sorted(lowdata.few_shot_indices(by_class, None, seed=0)) == sorted(sum(by_class.values(), []))
 
 
 def test_explicit_and_contiguous_variants_compute_the_same_function():

@@ -1,0 +1,80 @@
+"""benchmarks/lowdata.py (the low-data study): end to end on tiny data, its subsets, model specs and recipes."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+import lowdata  # noqa: E402
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(scope='module')
+def three_splits(tmp_path_factory) -> Path:
+    """The layout `timm-astro import` writes: train/, validation/, test/ with one folder per class."""
+    root = tmp_path_factory.mktemp('study')
+    rng = np.random.default_rng(0)
+    for split, count in (('train', 6), ('validation', 2), ('test', 3)):
+        for label in range(3):
+            folder = root / split / f'{label}_class'
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+    (root / 'dataset.json').write_text(json.dumps({'title': 'tiny stand-in'}))
+    return root
+
+
+def test_study_writes_json_markdown_and_both_plots(three_splits, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
+    report = lowdata.main([
+        '--data-dir', str(three_splits), '--models', 'resnet18@16', 'astroformer_small[rel_pos_type=none]@16',
+        '--shots', '2', 'all', '--seeds', '0', '1', '--steps', '2', '--set', 'batch_size=4', 'epochs=1',
+        '--out-dir', str(tmp_path), '--name', 'smoke'])
+    assert len(report['runs']) == 2 * 2 * 2  # shots x seeds x models
+    for run in report['runs']:
+        assert run['train_images'] == 3 * (2 if run['shots'] == '2' else 6)
+        for key in ('test_top1', 'test_top1_d4', 'test_balanced', 'test_balanced_d4', 'validation_top1'):
+            assert 0 <= run[key] <= 100
+        assert run['train_cpu_s'] > 0 and run['steps'] >= 1
+    assert report['settings']['eval_sizes'] == {'validation': 6, 'test': 9}
+    assert {(e['model'], e['shots']) for e in report['summary']} == {
+        (m, s) for m in ('resnet18@16', 'astroformer_small[rel_pos_type=none]@16') for s in ('2', 'all')}
+    assert all(e['test_top1']['n'] == 2 for e in report['summary'])
+    markdown = (tmp_path / 'smoke.md').read_text()
+    assert 'tiny stand-in' in markdown and '`resnet18@16`' in markdown and 'one image is 11.1 points' in markdown
+    for kind in ('shots', 'cost'):
+        assert (tmp_path / f'smoke_{kind}.png').read_bytes()[:8] == PNG_SIGNATURE
+    # --resume runs nothing again
+    again = lowdata.main([
+        '--data-dir', str(three_splits), '--models', 'resnet18@16', 'astroformer_small[rel_pos_type=none]@16',
+        '--shots', '2', 'all', '--seeds', '0', '1', '--steps', '2', '--set', 'batch_size=4', 'epochs=1',
+        '--out-dir', str(tmp_path), '--name', 'smoke', '--resume', '--no-plot'])
+    assert again['runs'] == report['runs']
+
+
+def test_few_shot_subsets_are_balanced_nested_and_seeded():
+    by_class = {c: list(range(c * 100, c * 100 + 30)) for c in range(3)}
+    ten = lowdata.few_shot_indices(by_class, 10, seed=0)
+    twenty = lowdata.few_shot_indices(by_class, 20, seed=0)
+    assert len(ten) == 30 and all(sum(i // 100 == c for i in ten) == 10 for c in range(3))
+    assert set(ten) <= set(twenty)
+    assert ten == lowdata.few_shot_indices(by_class, 10, seed=0)
+    assert ten != lowdata.few_shot_indices(by_class, 10, seed=1)
+    assert sorted(lowdata.few_shot_indices(by_class, None, seed=0)) == sorted(sum(by_class.values(), []))
+
+
+def test_model_specs_and_recipe_grids():
+    assert lowdata.parse_model('astroformer_small[rel_pos_type=table,rel_pos_freqs=16]@32') == (
+        'astroformer_small', {'rel_pos_type': 'table', 'rel_pos_freqs': 16}, 32)
+    assert lowdata.parse_model('resnet18@64') == ('resnet18', {}, 64)
+    with pytest.raises(SystemExit, match='expected NAME@SIZE'):
+        lowdata.parse_model('resnet18')
+    variants = lowdata.recipe_variants({'lr': 1e-3, 'mixup': 0.8}, ['mixup=0.2'], ['lr=0.001,0.003', 'drop_path=0,0.1'])
+    assert len(variants) == 4 and all(v['mixup'] == 0.2 for v in variants.values())
+    assert variants['lr=0.003,drop_path=0.1'] == {'lr': 0.003, 'mixup': 0.2, 'drop_path': 0.1}
+    assert lowdata.recipe_variants({'lr': 1.0}, [], []) == {'base': {'lr': 1.0}}
