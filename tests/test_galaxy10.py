@@ -271,8 +271,8 @@ def _full(tmp: Path, stack) -> Path:
 
 # where OUT_DIR goes wrong: (build it under tmp, expected message)
 BAD_OUTPUTS = {
-    'parent is a file': (lambda t, s: _file(t / 'afile') / 'sub', 'cannot be created, {tmp}/afile is a file, not a folder'),
-    'grandparent is a file': (lambda t, s: _file(t / 'afile') / 'sub' / 'deeper', '{tmp}/afile is a file, not a folder'),
+    'parent is a file': (lambda t, s: _file(t / 'afile') / 'sub', 'cannot be created, {tmp}/afile is a file'),
+    'grandparent is a file': (lambda t, s: _file(t / 'afile') / 'sub' / 'deeper', '{tmp}/afile is a file'),
     'a file, with --overwrite': (lambda t, s: _file(t / 'afile'), 'afile: exists and is a file, not a folder'),
     'read-only file system': (_read_only, 'the file system is read-only'),
     'full file system': (_full, 'out: cannot be written: no space left on the device'),

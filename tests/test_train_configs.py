@@ -163,7 +163,8 @@ def test_training_transform_has_no_random_erasing(path: Path):
 def _lr_claims(path: Path) -> List[tuple]:
     """The learning rates a recipe's comments quote: (value, GPUs, per-GPU batch or None for the recipe's)."""
     claims = []
-    for lr, gpus, batch in re.findall(r'(\d\.\de-\d+) on (?:the official (\d+) GPUs x (\d+)|one GPU)', path.read_text()):
+    pattern = r'(\d\.\de-\d+) on (?:the official (\d+) GPUs x (\d+)|one GPU)'
+    for lr, gpus, batch in re.findall(pattern, path.read_text()):
         claims.append((float(lr), int(gpus or 1), int(batch) if batch else None))
     return claims
 
@@ -177,10 +178,10 @@ def test_quoted_learning_rate_is_what_train_py_computes(path: Path):
     assert claims, f'{path.name}: say which learning rate train.py derives from lr_base'
     scale = cfg['lr_base_scale'] or ('sqrt' if any(o in cfg['opt'].lower() for o in ('ada', 'lamb')) else 'linear')
     for quoted, gpus, batch in claims:
-        assert batch in (None, cfg['batch_size']), f'{path.name}: quotes a batch of {batch}, the recipe has {cfg["batch_size"]}'
+        assert batch in (None, cfg['batch_size']), f'{path.name}: quotes a batch of {batch}, not the recipe\'s'
         ratio = gpus * (batch or cfg['batch_size']) * cfg['grad_accum_steps'] / cfg['lr_base_size']
         lr = cfg['lr_base'] * (math.sqrt(ratio) if scale == 'sqrt' else ratio)
-        assert f'{lr:.1e}' == f'{quoted:.1e}', f'{path.name}: quotes {quoted:g} on {gpus} GPU(s); train.py gives {lr:.2g}'
+        assert f'{lr:.1e}' == f'{quoted:.1e}', f'{path.name}: quotes {quoted:g} on {gpus} GPU(s), train.py: {lr:.2g}'
 
 
 @pytest.mark.parametrize('path', GALAXY_CONFIGS, ids=_ids(GALAXY_CONFIGS))

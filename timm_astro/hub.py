@@ -89,7 +89,8 @@ def read_summary(path: PathLike, eval_metric: str = 'top1', epoch: Optional[int]
         raise HubError(f"{path}: not a CSV file ({e}); expected train.py's summary.csv") from None
 
     def value(row: Mapping[str, Optional[float]], name: str) -> Optional[float]:
-        v = row.get(f'eval_{name}', row.get(name))
+        v = row.get(f'eval_{name}')
+        v = row.get(name) if v is None else v
         return v if v is not None and math.isfinite(v) else None
 
     metric = eval_metric if any(value(r, eval_metric) is not None for r in rows) else 'top1'
@@ -102,7 +103,8 @@ def read_summary(path: PathLike, eval_metric: str = 'top1', epoch: Optional[int]
     at_epoch = [r for r in rows if epoch is not None and epoch != out['epoch'] and int(r['epoch']) == epoch]
     if at_epoch:  # e.g. last.pth.tar: not the best epoch's weights
         out['checkpoint_epoch'] = epoch
-        out.update({f'checkpoint_{n}': value(at_epoch[0], n) for n in ('top1', 'top5') if value(at_epoch[0], n) is not None})
+        out.update({f'checkpoint_{n}': value(at_epoch[0], n) for n in ('top1', 'top5')
+                    if value(at_epoch[0], n) is not None})
     return out
 
 

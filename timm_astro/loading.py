@@ -241,8 +241,8 @@ def model_from_checkpoint(ckpt: TrainCheckpoint, model_name: Optional[str] = Non
         raise UserError(f'{ckpt.path}: the weights do not fit {what}: '
                         f"{detail[:400] + (' ...' if len(detail) > 400 else '')}") from None
     label_names = args.get('label_names')
-    if label_names is not None and (not isinstance(label_names, (list, tuple)) or len(label_names) != model.num_classes):
-        count = len(label_names) if isinstance(label_names, (list, tuple)) else 'no'
+    count = len(label_names) if isinstance(label_names, (list, tuple)) else 'no'
+    if label_names is not None and count != model.num_classes:
         raise UserError(f'{source}: label_names in the train args has {count} entries for a model with '
                         f'num_classes={model.num_classes}')
     if args:
@@ -275,7 +275,7 @@ def _load_export(spec: str, allow_nan: bool = False, **kwargs: Any) -> nn.Module
         if not Path(where).is_dir():
             state = 'is a file' if Path(where).exists() else 'no such folder'
             raise UserError(f'{where}: {state}; expected an exported folder (config.json, model.safetensors)')
-        config = existing_file(Path(where) / 'config.json', 'the config.json of an export (timm-astro export writes one)')
+        config = existing_file(Path(where) / 'config.json', 'the config.json of an export (`timm-astro export`)')
         try:
             cfg = json.loads(config.read_text(encoding='utf-8'))
         except (ValueError, UnicodeDecodeError) as e:
