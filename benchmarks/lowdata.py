@@ -8,7 +8,7 @@ synthetic galaxies instead (no download: for a quick check of the script).
 For each k in ``--shots`` (training images per class; ``all`` = the whole training split), each seed and each model,
 a model is trained from scratch on k images per class (nested subsets: the 10 of a class are the first 10 of its
 30, per seed) with one recipe (``timm_astro.recipes.LOWDATA_GALAXY_RECIPE``, train.py's keys, ``--set KEY=VALUE``
-to change a value, ``--grid KEY=V1,V2`` to try several) for about ``--steps`` optimizer steps whatever k is (the
+to change a value, ``--grid 'KEY=V1|V2'`` to try several) for about ``--steps`` optimizer steps whatever k is (the
 number of epochs follows), through ``timm_astro.training`` (timm's own loader, Mixup, optimizer, scheduler). It is
 then scored on the test split (and validation, which is the one to choose on) without and with D4 test-time
 averaging (``timm_astro.evaluation``). Training cost is the CPU time of the training process (data loading
@@ -79,7 +79,7 @@ def recipe_variants(base: Dict[str, Any], sets: Sequence[str], grids: Sequence[s
     axes = []
     for grid in grids:
         key, _, values = grid.partition('=')
-        axes.append([(key, yaml.safe_load(v)) for v in values.split(',')])
+        axes.append([(key, yaml.safe_load(v)) for v in values.split('|')])
     if not axes:
         return {'base': recipe}
     return {','.join(f'{k}={v}' for k, v in point): {**recipe, **dict(point)} for point in itertools.product(*axes)}
@@ -133,7 +133,7 @@ def run_one(spec: str, recipe: Dict[str, Any], shots: str, seed: int, train_root
     torch.manual_seed(seed)
     model = create_benchmark_model(name, num_classes=num_classes, img_size=size,
                                    drop_path_rate=run_recipe.get('drop_path') or 0.0, **model_kwargs)
-    data_config = {'input_size': (3, size, size), 'crop_pct': 1.0, 'interpolation': 'bicubic', **NORMALISE}
+    data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
     result = train_classifier(model, dataset, train_args(run_recipe), data_config=data_config,
                               num_classes=num_classes, workers=args.workers)
     trained = result.final_model.eval()
@@ -189,8 +189,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"# Low-data accuracy: {s['data_name']}\n",
         f"Data: `{s['data']}` ({s['num_classes']} classes; {s['train_size']} training, {s['eval_sizes']} evaluation "
         f"images). Every model: about {s['steps']} optimizer steps of batch {s['recipe']['batch_size']} whatever k "
-        f"is (so k=10 runs many more epochs than k=all), the same recipe, input size per model as given. "
-        f"Recipe (train.py keys): {recipe_text}.\n",
+        f"is (so k=10 runs many more epochs than k=all), the same recipe, input size per model as given, "
+        f"evaluation centre crop {s.get('crop_pct', 1.0)}. Recipe (train.py keys): {recipe_text}.\n",
         f"Machine: {m['cpu_model']} x{m['logical_cpus']} ({m['device']}), torch {m['torch']}, timm {m['timm']}. "
         f"Command: `{report['command']}` ({report['wall_time_s'] / 60:.0f} min, started {report['date']}).\n",
         f"Test top-1 (%) and balanced accuracy, mean ± std over seeds {s['seeds']}, plain / with D4 test-time "
@@ -262,7 +262,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--warmup-fraction', type=float, default=0.05, help='warm-up epochs as a fraction of all')
     parser.add_argument('--recipe', default=None, help="a train.py YAML recipe (default: the low-data galaxy one)")
     parser.add_argument('--set', dest='sets', nargs='*', default=[], metavar='KEY=VALUE', help='recipe overrides')
-    parser.add_argument('--grid', nargs='*', default=[], metavar='KEY=V1,V2', help='recipe values to try')
+    parser.add_argument('--grid', nargs='*', default=[], metavar='KEY=V1|V2', help='recipe values to try (YAML)')
+    parser.add_argument('--crop-pct', type=float, default=1.0,
+                        help="evaluation centre crop (timm's crop_pct): 0.5 keeps the central half of each side, where a "
+                             "catalogue cutout has its galaxy; pair it with the recipe's training crop `scale`")
     parser.add_argument('--eval-splits', nargs='+', default=['validation', 'test'], choices=['validation', 'test'])
     parser.add_argument('--eval-batch-size', type=int, default=50)
     parser.add_argument('--workers', type=int, default=0, help='loader workers (0: in process, counted in CPU-s)')
@@ -324,7 +327,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                          'train_size': len(train_full),
                          'eval_sizes': {k: len(v.item_ids) for k, v in eval_data.items()}, 'shots': args.shots,
                          'shot_counts': shot_counts, 'seeds': args.seeds, 'steps': args.steps,
-                         'recipe': recipes[next(iter(recipes))], 'models': args.models},
+                         'recipe': recipes[next(iter(recipes))], 'models': args.models,
+                         'crop_pct': args.crop_pct},
             'recipes': recipes, 'summary': summarize(runs), 'runs': runs,
         }
         write_text_atomic(out_base.with_suffix('.json'), json.dumps(report, indent=1))

@@ -74,7 +74,8 @@ def test_model_specs_and_recipe_grids():
     assert lowdata.parse_model('resnet18@64') == ('resnet18', {}, 64)
     with pytest.raises(SystemExit, match='expected NAME@SIZE'):
         lowdata.parse_model('resnet18')
-    variants = lowdata.recipe_variants({'lr': 1e-3, 'mixup': 0.8}, ['mixup=0.2'], ['lr=0.001,0.003', 'drop_path=0,0.1'])
+    variants = lowdata.recipe_variants({'lr': 1e-3, 'mixup': 0.8}, ['mixup=0.2'], ['lr=0.001|0.003', 'drop_path=0|0.1'])
     assert len(variants) == 4 and all(v['mixup'] == 0.2 for v in variants.values())
     assert variants['lr=0.003,drop_path=0.1'] == {'lr': 0.003, 'mixup': 0.2, 'drop_path': 0.1}
     assert lowdata.recipe_variants({'lr': 1.0}, [], []) == {'base': {'lr': 1.0}}
+    assert list(lowdata.recipe_variants({}, [], ['scale=[0.5, 1.0]|[0.2, 0.4]']).values())[1] == {'scale': [0.2, 0.4]}
