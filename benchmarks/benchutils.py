@@ -15,18 +15,18 @@ import torch
 
 __all__ = [
     'machine_info', 'command_line', 'read_status_kb', 'reset_peak_rss', 'release_free_memory', 'fmt_num',
-    'markdown_table', 'matmul_gflops', 'write_text_atomic', 'create_benchmark_model',
+    'markdown_table', 'matmul_gflops', 'write_text_atomic', 'create_benchmark_model', 'SIZED_FAMILIES',
 ]
 
-# timm families whose attention windows are fixed at construction: they must be built for the input size
-FIXED_SIZE_FAMILIES = ('coatnet', 'maxvit', 'maxxvit')
+# timm families built for an input size: MaxxVit-style attention windows are fixed at construction, and
+# Astroformer's relative-position kernels are laid out for it (they run at other sizes, resized)
+SIZED_FAMILIES = ('coatnet', 'maxvit', 'maxxvit', 'astroformer')
 
 
 def create_benchmark_model(name: str, num_classes: int, img_size: int, **kwargs: Any) -> torch.nn.Module:
-    """``timm.create_model(name, ...)`` built for ``img_size`` where the family needs it (MaxxVit-style windows);
-    Astroformer models run at any size and take ``img_size`` only as their reference size."""
+    """``timm.create_model(name, ...)``, built for ``img_size`` where the family takes one."""
     import timm
-    if any(family in name for family in FIXED_SIZE_FAMILIES) and not name.startswith('astroformer'):
+    if any(family in name for family in SIZED_FAMILIES):
         kwargs['img_size'] = img_size
     return timm.create_model(name, num_classes=num_classes, **kwargs)
 

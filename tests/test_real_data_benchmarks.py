@@ -1,4 +1,4 @@
-"""benchmarks/lowdata.py (the low-data study): end to end on tiny data, its subsets, model specs and recipes."""
+"""benchmarks/lowdata.py (the low-data study) and benchmarks/predict_speed.py, end to end on tiny data."""
 import json
 import sys
 from pathlib import Path
@@ -10,6 +10,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 import lowdata  # noqa: E402
+import predict_speed  # noqa: E402
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -79,3 +80,16 @@ def test_model_specs_and_recipe_grids():
     assert variants['lr=0.003,drop_path=0.1'] == {'lr': 0.003, 'mixup': 0.2, 'drop_path': 0.1}
     assert lowdata.recipe_variants({'lr': 1.0}, [], []) == {'base': {'lr': 1.0}}
     assert list(lowdata.recipe_variants({}, [], ['scale=[0.5, 1.0]|[0.2, 0.4]']).values())[1] == {'scale': [0.2, 0.4]}
+
+
+def test_predict_speed_reports_ratios_and_memory(three_splits, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, 'argv', ['predict_speed.py'])
+    report = predict_speed.main([
+        '--images', str(three_splits / 'test'), '--models', 'resnet18@16', '--num-classes', '3', '--batch-size', '4',
+        '--workers', '0', '--repeats', '1', '--catalogue-sizes', '30', '--cache-dir', str(tmp_path / 'cache'),
+        '--out-dir', str(tmp_path), '--name', 'speed'])
+    kinds = {r['kind']: r for r in report['rows']}
+    assert set(kinds) == {'bare', 'predict'} and kinds['bare']['ratio_to_bare'] == 1.0
+    assert kinds['predict']['img_s'] > 0 and report['settings']['num_images'] == 9
+    assert report['memory'][0]['images'] == 30 and report['memory'][0]['peak_rss_mb'] > 0
+    assert 'x bare forward' in (tmp_path / 'speed.md').read_text()
