@@ -152,9 +152,10 @@ class RelPosBiasTable(RelPosBias, RelPosBiasBase):
         return q, k, v, self.relative_position_bias(height, width).unsqueeze(0).to(q.dtype)
 
     @torch.jit.ignore
-    def score_mod(self, height: int, width: int) -> Callable:
-        """FlexAttention ``score_mod`` adding ``W_h[i - j]`` from the table, offsets numbered as timm's index."""
-        table = self.table_at(height, width).t()  # [heads, offsets]
+    def score_mod(self, height: int, width: int, dtype: Optional[torch.dtype] = None) -> Callable:
+        """FlexAttention ``score_mod`` adding ``W_h[i - j]`` from the table (in ``dtype``, as the SDPA mask is),
+        offsets numbered as timm's index."""
+        table = self.table_at(height, width).t().to(dtype)  # [heads, offsets]
 
         def add_relative_bias(score, b, h, q_idx, kv_idx):
             dy = q_idx // width - kv_idx // width + (height - 1)
@@ -433,7 +434,7 @@ class RelativeAttention2d(nn.Module):
 
     @torch.jit.ignore
     def _flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return _run_flex_attention(q, k, v, self.rel_pos.score_mod(height, width), self.scale)
+        return _run_flex_attention(q, k, v, self.rel_pos.score_mod(height, width, q.dtype), self.scale)
 
     def forward(self, x: torch.Tensor, shared_rel_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x``: ``[B, dim, H, W]`` -> ``[B, dim_out, H, W]``. ``shared_rel_pos`` is in the signature because timm's
