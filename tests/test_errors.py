@@ -233,10 +233,6 @@ def test_nan_weights_export_with_allow_nan(world, tmp_path, capsys):
     assert (tmp_path / 'out' / 'model.safetensors').is_file()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'huggingface_hub parses HF_ENDPOINT while timm is imported, and timm_astro/__init__.py imports timm before any '
-    'command code runs, so no command can catch it: this needs a check of the environment at the top of '
-    'timm_astro/__init__.py (not part of this change)'))
 def test_unusable_hf_endpoint_before_import_is_one_line(world, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGING'))}
     env.update(HF_ENDPOINT='http://127.0.0.1:99999', HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / 'hf'))

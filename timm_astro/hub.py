@@ -20,7 +20,6 @@ import os
 import re
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -31,6 +30,7 @@ from timm.data import resolve_model_data_config
 from timm.models import get_model_input_config, save_for_hf
 from timm.models._hub import generate_readme  # not re-exported by timm.models
 
+from timm_astro.environment import hub_endpoint_problem
 from timm_astro.errors import UserError
 from timm_astro.loading import existing_file, load_model, model_from_checkpoint, read_train_checkpoint
 from timm_astro.outputs import atomic_output_dir, check_output_location
@@ -374,14 +374,9 @@ def check_export_dir(folder: PathLike) -> Dict[str, Any]:
 
 
 def _check_endpoint(url: str) -> None:
-    try:
-        parts = urllib.parse.urlsplit(url)
-        problem = None if parts.scheme in ('http', 'https') and parts.hostname and parts.port != 0 else \
-            'expected http(s)://HOST[:PORT]'
-    except ValueError as e:  # a port out of range, a malformed host
-        problem = str(e)
+    problem = hub_endpoint_problem(url)
     if problem:
-        raise HubError(f'HF_ENDPOINT={url!r} is not a usable URL ({problem}); expected e.g. https://huggingface.co')
+        raise HubError(problem)
 
 
 def _check_token(token: str) -> None:
