@@ -273,6 +273,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--out-dir', type=Path, default=HERE / 'results')
     parser.add_argument('--name', default='lowdata')
     parser.add_argument('--resume', action='store_true', help='keep the runs already in the JSON, run the rest')
+    parser.add_argument('--merge', nargs='*', type=Path, default=[],
+                        help='also report the runs of these JSON files (e.g. parts of one study run in parallel)')
     parser.add_argument('--no-plot', action='store_true')
     args = parser.parse_args(argv)
 
@@ -303,6 +305,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if args.resume and out_base.with_suffix('.json').exists():
         previous = json.loads(out_base.with_suffix('.json').read_text())
         runs, earlier_wall_s = previous['runs'], previous['wall_time_s']
+    for part in args.merge:
+        known = {(r['recipe'], r['model'], r['shots'], r['seed']) for r in runs}
+        runs += [r for r in json.loads(part.read_text())['runs']
+                 if (r['recipe'], r['model'], r['shots'], r['seed']) not in known]
     done = {(r['recipe'], r['model'], r['shots'], r['seed']) for r in runs}
     meta_path = data_root / 'dataset.json'
     data_name = json.loads(meta_path.read_text()).get('title', data_root.name) if meta_path.exists() \

@@ -41,6 +41,8 @@ def test_writes_everything_and_reloads_identically(demo_dir):
     for name in ('confusion_matrix.png', 'reliability.png'):
         assert (demo_dir / 'evaluation' / name).is_file() == HAS_MATPLOTLIB
     assert summary['recipe']['mixup'] == 0.8 and summary['recipe']['cutmix'] == 0.0
+    kernels = sorted((demo_dir / 'kernel').glob('*.png')) if HAS_MATPLOTLIB else []
+    assert len(kernels) == (1 if HAS_MATPLOTLIB else 0)  # astroformer_small has one relative attention module
 
 
 def test_contact_sheet_shows_every_class(demo_dir):

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from timm.data import create_transform, resolve_model_data_config
 
-from timm_astro.errors import MissingDependency, UserError
+from timm_astro.errors import UserError
+from timm_astro.evaluation.plots import pyplot
 from timm_astro.layers.relative_attention import RelativeAttention2d
 from timm_astro.outputs import atomic_output_dir, write_json
 
@@ -28,17 +29,6 @@ PathLike = Union[str, os.PathLike]
 CREATED_BY = 'timm-astro inspect'
 # query positions, as fractions of the feature map's height and width: the centre and four off-centre points
 QUERY_POINTS: Tuple[Tuple[float, float], ...] = ((0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75))
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingDependency(
-            "drawing pictures needs matplotlib: pip install 'timm-astro[plot]' (or pip install matplotlib)") from None
-    matplotlib.use('Agg')  # files only, never a window
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _attention_modules(model: nn.Module) -> List[Tuple[str, RelativeAttention2d]]:
@@ -72,7 +62,7 @@ def write_kernel_pictures(
     if not modules:
         raise UserError("this model has no relative-position kernel to draw (rel_pos_type='none')")
     height, width = feature_size or _default_feature_size(model)
-    plt = _pyplot()
+    plt = pyplot()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -136,7 +126,7 @@ def write_attention_pictures(
 ) -> List[Path]:
     """For each image, one PNG per relative attention module: rows are query positions, columns the image (query
     marked) and the attention of up to ``max_heads`` heads over it. Returns the files written into ``folder``."""
-    plt = _pyplot()
+    plt = pyplot()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     modules = _attention_modules(model)
@@ -203,7 +193,7 @@ def inspect_model(
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise UserError(f"{', '.join(missing)}: not found; expected image files")
-    _pyplot()  # a missing matplotlib is said before the model is loaded
+    pyplot()  # a missing matplotlib is said before the model is loaded
     model = load_model(spec, checkpoint)
     has_kernel = any(m.rel_pos is not None for _, m in _attention_modules(model))
     with atomic_output_dir(out, CREATED_BY, overwrite=overwrite) as tmp:

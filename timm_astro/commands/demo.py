@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         evaluation = evaluate(model, val_data, data_config=data_config, tta='d4', batch_size=args.batch_size,
                               workers=args.workers, progress=False)
         write_report(evaluation, tmp / 'evaluation', plots=curves)
-        kernels = _kernel_pictures(model, tmp / 'kernel')
+        kernels = _kernel_pictures(model, tmp / 'kernel', args.image_size)
 
         model_dir = export_model(
             model, tmp / 'model', label_names=list(LABEL_NAMES), data_config=data_config,
@@ -212,16 +212,17 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     return summary
 
 
-def _kernel_pictures(model: torch.nn.Module, folder: Path) -> bool:
-    """The learned relative-position kernels W, one picture per head; False without matplotlib or W."""
-    try:
-        from timm_astro.inspection import write_kernel_pictures
-    except ImportError:
-        return False
+def _kernel_pictures(model: torch.nn.Module, folder: Path, image_size: int) -> bool:
+    """The learned relative-position kernels W at the demo's feature size, one picture per head; False without
+    matplotlib."""
     from timm_astro.errors import MissingDependency
+    from timm_astro.inspection import write_kernel_pictures
+    from timm_astro.layers import RelativeAttention2d
+    if not any(isinstance(m, RelativeAttention2d) and m.rel_pos is not None for m in model.modules()):
+        return False  # a peer, or rel_pos_type='none': no kernel to draw
+    reduction = model.feature_info[-1]['reduction']
     try:
-        folder.mkdir()
-        write_kernel_pictures(model, folder)
+        write_kernel_pictures(model, folder, feature_size=(image_size // reduction,) * 2)
     except MissingDependency:
         return False
     return True
