@@ -14,7 +14,6 @@ Both use the same stratified, seeded split, so they agree on which image is in w
 h5py is an optional dependency (``pip install 'timm-astro[data]'``); it is imported only when a file is
 read, so ``import timm_astro`` never needs it.
 """
-import csv
 import hashlib
 import json
 import os
@@ -30,9 +29,10 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
+from timm_astro.data.image_folder import write_dataset_files
 from timm_astro.data.splits import SPLITS, stratified_split
 from timm_astro.errors import MissingDependency, UserError
-from timm_astro.outputs import atomic_output_dir, check_output_location, write_json
+from timm_astro.outputs import atomic_output_dir, check_output_location
 
 __all__ = [
     'GALAXY10_DECALS_CLASSES', 'GALAXY10_SDSS_CLASSES', 'GALAXY10_DECALS_SHA256', 'Galaxy10Variant',
@@ -415,32 +415,19 @@ def _write_tree(
             # no thread may still be writing when the caller removes the temporary directory
             pool.shutdown(wait=True, cancel_futures=True)
 
-    with open(tmp_dir / 'manifest.csv', 'w', newline='', encoding='utf-8') as fh:
-        writer = csv.writer(fh, lineterminator='\n')
-        writer.writerow(MANIFEST_COLUMNS)
-        for index, label in enumerate(info.labels.tolist()):
-            writer.writerow(
-                [index, label, variant.class_names[label], splits[index]]
-                + [metadata[key][index] for key in METADATA_KEYS] + [files[index]])
-    write_json(tmp_dir / 'class_names.json', list(variant.class_names))
-    counts = {split: int((splits == split).sum()) for split in used_splits}
-    write_json(tmp_dir / 'dataset.json', {
-        'created_by': CREATED_BY,
-        'dataset': variant.name,
-        'source': h5_path.name,
-        'num_images': info.num_images,
-        'num_classes': len(variant.class_names),
-        'image_size': [variant.image_size, variant.image_size],
-        'format': image_format,
-        **settings,
-        'splits': counts,
-        'classes': [
-            {
-                'label': label, 'name': name, 'folder': variant.class_folders[label],
-                **{split: int(((info.labels == label) & (splits == split)).sum()) for split in used_splits},
-            }
-            for label, name in enumerate(variant.class_names)],
-    })
+    rows = ([index, label, variant.class_names[label], splits[index]] + [metadata[key][index] for key in METADATA_KEYS]
+            + [files[index]] for index, label in enumerate(info.labels.tolist()))
+    counts = write_dataset_files(tmp_dir, MANIFEST_COLUMNS, rows, variant.class_names, variant.class_folders,
+                                 info.labels, splits, {
+                                     'created_by': CREATED_BY,
+                                     'dataset': variant.name,
+                                     'source': h5_path.name,
+                                     'num_images': info.num_images,
+                                     'num_classes': len(variant.class_names),
+                                     'image_size': [variant.image_size, variant.image_size],
+                                     'format': image_format,
+                                     **settings,
+                                 })
     return counts
 
 

@@ -32,9 +32,10 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from timm_astro.data.galaxy10 import GALAXY10_DECALS_CLASSES, class_folder_name
-from timm_astro.data.splits import SPLITS, stratified_split
+from timm_astro.data.image_folder import write_dataset_files
+from timm_astro.data.splits import stratified_split
 from timm_astro.errors import UserError
-from timm_astro.outputs import atomic_output_dir, check_output_location, write_json
+from timm_astro.outputs import atomic_output_dir, check_output_location
 
 __all__ = ['ImageSource', 'SourceImage', 'SOURCES', 'ImportResult', 'import_images', 'find_source_images']
 
@@ -253,7 +254,6 @@ def import_images(
     else:
         splits = stratified_split(labels, val_fraction, test_fraction, seed, keys=[i.source_file for i in images])
         settings = {'split': 'stratified', 'val_fraction': val_fraction, 'test_fraction': test_fraction, 'seed': seed}
-    used = [s for s in SPLITS if (splits == s).any()]
     columns = MANIFEST_COLUMNS + spec.extra_columns
     with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite) as tmp:
         rows = []
@@ -263,23 +263,12 @@ def import_images(
             (tmp / rel).write_bytes(image.read())
             rows.append([rel, image_split, image.label, spec.class_names[image.label], image.source_file]
                         + [image.columns.get(c, '') for c in spec.extra_columns])
-        with open(tmp / 'manifest.csv', 'w', newline='', encoding='utf-8') as f:
-            writer = csv.writer(f, lineterminator='\n')
-            writer.writerow(columns)
-            writer.writerows(rows)
-        write_json(tmp / 'class_names.json', list(spec.class_names))
-        counts = {s: int((splits == s).sum()) for s in used}
-        write_json(tmp / 'dataset.json', {
+        counts = write_dataset_files(tmp, columns, rows, spec.class_names, spec.class_folders, labels, splits, {
             'created_by': CREATED_BY,
             'source': spec.key,
             'title': spec.title,
             'num_images': len(images),
             'num_classes': len(spec.class_names),
             **settings,
-            'splits': counts,
-            'classes': [
-                {'label': label, 'name': name, 'folder': spec.class_folders[label],
-                 **{s: int(((labels == label) & (splits == s)).sum()) for s in used}}
-                for label, name in enumerate(spec.class_names)],
         })
     return ImportResult(spec, Path(out_dir), counts)
