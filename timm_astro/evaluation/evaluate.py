@@ -256,7 +256,7 @@ def write_report(evaluation: Evaluation, out_dir: PathLike, *, overwrite: bool =
         with open(tmp / 'predictions.csv', 'w', newline='', encoding='utf-8') as f:
             csv.writer(f, lineterminator='\n').writerows(_csv_rows(evaluation))
         if plots:
-            title = f"{evaluation.model_name} on {Path(evaluation.data.source).name}"
+            title = f"{evaluation.model_name} on {'/'.join(Path(evaluation.data.source).parts[-2:])}"
             tta_note = '' if shown == 'none' else f', {shown} TTA'
             top1 = evaluation.metrics[shown]['top1']
             plot_confusion_matrix(evaluation.metrics[shown]['confusion_matrix'], evaluation.label_names,
