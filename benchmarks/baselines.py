@@ -4,20 +4,17 @@
   direct way a user would write it: a QKV projection plus a depthwise convolution giving the position term,
   ``softmax(q^T k + q^T r) v`` with ``r = DWConv(x)`` ("combined standard and relative attention weights applied to
   values"), one head, no 1/sqrt(d) scaling, no norm, no MLP, no output projection, the N x N matrices materialised
-  with ``torch.bmm``, plus the residual. The whole model is astroformer_base with its transformer stage replaced by
-  this block, so stem, convolution stages and head are identical.
+  with ``torch.bmm``, plus the residual. The whole model is a full-resolution model (speed.py: astroformer_base)
+  with its transformer stage replaced by this block, so stem, convolution stages and head are identical.
 * ``official_maxxvit``: timm's own ``MaxxVit`` built with the official astroformer_N layout (the same parameters;
   its relative position bias is fixed at construction, so it runs only at the size it was built for).
-* ``set_attention_impl``: switch every attention module of a model between the fused kernel and the explicit
-  ``softmax(logits) @ v`` that materialises the full N x N matrix (the same design implemented naively).
 * ``free_attention_kernel``: a benchmark-side patch that replaces the fused attention kernel by its value input (as if
   the kernel cost nothing), every other op kept: the bound on what any attention kernel could gain.
-* ``contiguous_attention_inputs``: a benchmark-side patch that hands the fused kernel contiguous q, k, v (as timm's
-  MaxxVit does). torch's CPU flash kernel needs a unit stride on the last dimension and otherwise silently falls
-  back to the math path, which materialises N x N; the patch shows what a fix in the model code would buy, and
-  makes ``rel_pos_freqs=0`` the true bias-free fused ceiling.
+
+The explicit form and the other kernels and relative-position forms need nothing here: they are the models' own
+``attn_impl`` and ``rel_pos_type`` (``timm_astro.layers.RelativeAttention2d``).
 """
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,10 +27,7 @@ from timm.models.maxxvit import MaxxVit
 from timm_astro.layers import RelativeAttention2d
 from timm_astro.models.astroformer import model_cfgs as paper_cfgs
 
-__all__ = [
-    'PlainRelativeAttention', 'plain_design_model', 'official_maxxvit', 'set_attention_impl',
-    'contiguous_attention_inputs', 'free_attention_kernel',
-]
+__all__ = ['PlainRelativeAttention', 'plain_design_model', 'official_maxxvit', 'free_attention_kernel']
 
 
 class PlainRelativeAttention(nn.Module):
@@ -60,9 +54,9 @@ class PlainRelativeAttention(nn.Module):
         return x + out.view(B, C, H, W)
 
 
-def plain_design_model(num_classes: int = 10, **kwargs: Any) -> nn.Module:
-    """astroformer_base (stem, convolution stages, head) with S4 replaced by ``PlainRelativeAttention``."""
-    model = timm.create_model('astroformer_base', num_classes=num_classes, **kwargs)
+def plain_design_model(name: str = 'astroformer_base', num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """A full-resolution model (stem, convolution stages, head) with S4 replaced by ``PlainRelativeAttention``."""
+    model = timm.create_model(name, num_classes=num_classes, **kwargs)
     dim = model.num_features
     model.stages[-1] = PlainRelativeAttention(dim)
     return model
@@ -71,39 +65,6 @@ def plain_design_model(num_classes: int = 10, **kwargs: Any) -> nn.Module:
 def official_maxxvit(name: str, num_classes: int = 10, img_size: int = 224, **kwargs: Any) -> MaxxVit:
     """timm's MaxxVit with the official layout of ``name`` (astroformer_0 ... astroformer_5), built for img_size."""
     return MaxxVit(paper_cfgs[name], img_size=img_size, num_classes=num_classes, **kwargs)
-
-
-def set_attention_impl(model: nn.Module, fused: Optional[bool]) -> int:
-    """Set ``fused_attn`` on every module that has it (timm's and ours); None leaves them alone.
-
-    Returns the number of attention modules found, so callers can check the switch reached something.
-    """
-    found = 0
-    for module in model.modules():
-        if hasattr(module, 'fused_attn'):
-            found += 1
-            if fused is not None:
-                module.fused_attn = fused
-    return found
-
-
-def contiguous_attention_inputs(model: nn.Module) -> int:
-    """Make every ``RelativeAttention2d`` pass contiguous q, k, v to the fused kernel; returns how many were patched.
-
-    Patches the instances (the ``rel_pos`` module's ``fused_inputs``), never the library code.
-    """
-    patched = 0
-    for module in model.modules():
-        if isinstance(module, RelativeAttention2d):
-            original = module.rel_pos.fused_inputs
-
-            def fused_inputs(*args: Any, _original=original, **kwargs: Any):
-                q, k, v, mask = _original(*args, **kwargs)
-                return q.contiguous(), k.contiguous(), v.contiguous(), mask
-
-            module.rel_pos.fused_inputs = fused_inputs
-            patched += 1
-    return patched
 
 
 class _ValuesForAttention(TorchFunctionMode):
