@@ -106,13 +106,8 @@ def synthetic_data(cache_dir: Path) -> Path:
     """The package's synthetic galaxies with a test split, rendered once (a download-free stand-in)."""
     from timm_astro.data.synthetic_galaxies import GENERATOR_VERSION, write_image_folder
     root = cache_dir / f'synthetic_galaxies_v{GENERATOR_VERSION}_64px_lowdata'
-    if not (root / '.complete').exists():
-        write_image_folder(root, 40, num_val_per_class=8, seed=0, image_size=64, overwrite=True)
-        write_image_folder(root / '_test', 1, num_val_per_class=8, seed=1, image_size=64, overwrite=True)
-        (root / '_test' / 'validation').rename(root / 'test')
-        import shutil
-        shutil.rmtree(root / '_test')
-        (root / '.complete').write_text('ok\n')
+    if not root.exists():
+        write_image_folder(root, 40, num_val_per_class=8, num_test_per_class=8, seed=0, image_size=64)
     return root
 
 

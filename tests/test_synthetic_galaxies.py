@@ -108,9 +108,17 @@ def test_render_bad_arguments(class_id, size, message):
 
 
 def test_root_that_is_a_file(tmp_path):
+    from timm_astro.errors import UserError
     (tmp_path / 'file').write_text('x')
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(UserError, match='exists and is a file'):
         write_image_folder(tmp_path / 'file', 1, image_size=16)
+
+
+def test_test_split_is_new_images(tmp_path):
+    counts = write_image_folder(tmp_path / 'd', 2, num_val_per_class=1, num_test_per_class=2, image_size=16)
+    assert counts == {'train': 12, 'validation': 6, 'test': 12}
+    digests = {p.read_bytes() for p in (tmp_path / 'd').rglob('*.png')}
+    assert len(digests) == 30, 'no image repeats across splits'
 
 
 def test_refuses_to_overwrite(tmp_path):

@@ -18,12 +18,13 @@ ImageFolder reader (``timm.data.create_dataset('', root=..., split='train')``) a
 ``CLASS_NAMES[i]``. Output is deterministic: the same seed gives byte-identical PNG files.
 """
 import math
-import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
+
+from timm_astro.outputs import atomic_output_dir
 
 __all__ = [
     'CLASS_NAMES', 'LABEL_NAMES', 'SPLITS', 'GENERATOR_VERSION', 'render_galaxy', 'image_rng', 'write_image_folder',
@@ -43,8 +44,9 @@ CLASS_NAMES: Tuple[str, ...] = (
 )
 # Human-readable labels, in the same order (what a model's config.json ``label_names`` should hold).
 LABEL_NAMES: Tuple[str, ...] = tuple(name.split('_', 1)[1].replace('_', ' ') for name in CLASS_NAMES)
-SPLITS: Tuple[str, ...] = ('train', 'validation')
+SPLITS: Tuple[str, ...] = ('train', 'validation', 'test')  # the order keys each image's random stream
 
+CREATED_BY = 'timm-astro synthetic galaxies'
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 512
 _MIN_GRID = 64  # small images are rendered on a finer grid and block-averaged: anti-aliasing of cusps and thin arms
@@ -321,49 +323,47 @@ def write_image_folder(
         num_per_class: int,
         *,
         num_val_per_class: Optional[int] = None,
+        num_test_per_class: int = 0,
         seed: int = 0,
         image_size: int = 64,
         overwrite: bool = False,
 ) -> Dict[str, int]:
-    """Write ``root/train/<class>/*.png`` and ``root/validation/<class>/*.png`` (timm's ImageFolder layout).
+    """Write ``root/train/<class>/*.png``, ``root/validation/<class>/*.png`` (and ``root/test/``) in timm's
+    ImageFolder layout, all or nothing (``timm_astro.outputs.atomic_output_dir``).
 
     Args:
-        root: dataset directory (created if needed).
+        root: dataset directory: new, empty, or (``overwrite``) an earlier one of these.
         num_per_class: training images per class.
         num_val_per_class: validation images per class; default ``max(1, num_per_class // 4)``.
-        seed: same seed, same bytes. Train and validation images never share a random stream.
+        num_test_per_class: test images per class; 0 for no test split.
+        seed: same seed, same bytes. No two images, of any split, share a random stream.
         image_size: side length in pixels (32 and 64 are the intended sizes).
-        overwrite: replace existing ``train/`` and ``validation/`` folders instead of refusing.
+        overwrite: replace an earlier output instead of refusing.
 
     Returns:
         Number of images written per split.
     """
-    if not isinstance(num_per_class, (int, np.integer)) or num_per_class < 1:
-        raise ValueError(f'num_per_class must be a positive integer, got {num_per_class!r}')
     if num_val_per_class is None:
         num_val_per_class = max(1, num_per_class // 4)
-    if not isinstance(num_val_per_class, (int, np.integer)) or num_val_per_class < 1:
-        raise ValueError(f'num_val_per_class must be a positive integer, got {num_val_per_class!r}')
+    for name, value, least in (('num_per_class', num_per_class, 1), ('num_val_per_class', num_val_per_class, 1),
+                               ('num_test_per_class', num_test_per_class, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be a {'positive' if least else 'non-negative'} integer, got {value!r}")
     if not isinstance(image_size, (int, np.integer)) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         raise ValueError(f'image_size must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {image_size!r}')
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f'{root} exists and is not a directory')
-    for split in SPLITS:
-        split_dir = root / split
-        if split_dir.exists() and any(split_dir.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f'{split_dir} is not empty; pass overwrite=True to replace it')
-            shutil.rmtree(split_dir)
-
     counts = {}
-    for split, count in zip(SPLITS, (num_per_class, num_val_per_class)):
-        for class_id, class_name in enumerate(CLASS_NAMES):
-            class_dir = root / split / class_name
-            class_dir.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                pixels = render_galaxy(class_id, image_rng(seed, split, class_id, index), image_size)
-                # no pnginfo, no timestamps: the bytes depend only on the pixels
-                Image.fromarray(pixels, mode='RGB').save(class_dir / f'{class_name}_{index:05d}.png', format='PNG')
-        counts[split] = count * len(CLASS_NAMES)
+    with atomic_output_dir(root, CREATED_BY, overwrite=overwrite,
+                           marker_info={'seed': int(seed), 'image_size': int(image_size),
+                                        'generator_version': GENERATOR_VERSION}) as tmp:
+        for split, count in zip(SPLITS, (num_per_class, num_val_per_class, num_test_per_class)):
+            if not count:
+                continue
+            for class_id, class_name in enumerate(CLASS_NAMES):
+                class_dir = tmp / split / class_name
+                class_dir.mkdir(parents=True)
+                for index in range(count):
+                    pixels = render_galaxy(class_id, image_rng(seed, split, class_id, index), image_size)
+                    # no pnginfo, no timestamps: the bytes depend only on the pixels
+                    Image.fromarray(pixels, mode='RGB').save(class_dir / f'{class_name}_{index:05d}.png', format='PNG')
+            counts[split] = count * len(CLASS_NAMES)
     return counts
