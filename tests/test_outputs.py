@@ -107,6 +107,33 @@ def test_full_file_system_leaves_nothing(tmp_path):
             with atomic_file(small / 'out.csv', 'wb') as f:
                 f.write(b'\0' * 256 * 1024)
         assert list(small.iterdir()) == []
+        # missing parent folders made for the output go too (`export ckpt full/a/b/out`)
+        with pytest.raises(UserError, match='no space left on the device'):
+            with atomic_output_dir(small / 'a' / 'b' / 'out', BY) as tmp:
+                (tmp / 'big.bin').write_bytes(b'\0' * 256 * 1024)
+        assert list(small.iterdir()) == []
+        with pytest.raises(UserError, match='no space left on the device'):
+            with atomic_file(small / 'a' / 'b' / 'out.csv', 'wb') as f:
+                f.write(b'\0' * 256 * 1024)
+        assert list(small.iterdir()) == []
+
+
+@pytest.mark.parametrize('failure', [OSError(28, 'No space left on device'), RuntimeError('boom'), KeyboardInterrupt()])
+def test_failed_write_removes_the_parent_folders_it_made(failure, tmp_path):
+    (tmp_path / 'a').mkdir()
+    _file(tmp_path / 'kept' / 'theirs.txt')
+    for writer in (lambda out: atomic_output_dir(out, BY), lambda out: atomic_file(out, 'wb')):
+        for out in (tmp_path / 'a' / 'b' / 'c' / 'out', tmp_path / 'kept' / 'x' / 'out'):
+            with pytest.raises(UserError if isinstance(failure, OSError) else type(failure)):
+                with writer(out):
+                    raise failure
+        # the folders made for the output are gone; those that were there before stay
+        assert sorted(p.name for p in tmp_path.iterdir()) == ['a', 'kept']
+        assert list((tmp_path / 'a').iterdir()) == [] and [p.name for p in (tmp_path / 'kept').iterdir()] == [
+            'theirs.txt']
+    with atomic_output_dir(tmp_path / 'a' / 'b' / 'out', BY) as tmp:
+        (tmp / 'r.txt').write_text('done')
+    assert (tmp_path / 'a' / 'b' / 'out' / 'r.txt').read_text() == 'done'  # on success they stay, of course
 
 
 def test_folder_is_all_or_nothing(tmp_path):

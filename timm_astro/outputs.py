@@ -188,6 +188,35 @@ def _wrap_os_error(e: OSError, out: Path, tmp: Path) -> UserError:
     return UserError(f'{out}: cannot be written{shown}: {describe_os_error(e)}; nothing was left half-written')
 
 
+def _make_parents(path: Path) -> List[Path]:
+    """Create the missing ancestors of ``path``; returns those created, deepest first, so a failure can remove them."""
+    missing: List[Path] = []
+    ancestor = path.parent
+    while not ancestor.exists():
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    created: List[Path] = []
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # made meanwhile by someone else: theirs, not ours to remove
+            continue
+        except OSError:
+            _remove_parents(created[::-1])
+            raise
+        created.append(folder)
+    return created[::-1]
+
+
+def _remove_parents(created: List[Path]) -> None:
+    """Remove the folders ``_make_parents`` created (deepest first) that are still empty: a failed write leaves none."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # no longer empty (someone else's files) or already gone: leave it and those above it
+            return
+
+
 def _replace(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``. An earlier ``out`` is first marked as a partial of this run and moved aside, so
     a run killed between the two renames leaves only partials the next run removes; it is deleted afterwards."""
@@ -231,22 +260,24 @@ def atomic_output_dir(
     out = check_output_location(out, overwrite=overwrite, created_by=created_by, is_own=is_own)
     remove_stale_partials(out, log)
     tmp = out.with_name(f'{_partial_prefix(out)}{secrets.token_hex(4)}')
+    created: List[Path] = []
+    done = False
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_parents(out)
         tmp.mkdir()
-    except OSError as e:
-        raise _wrap_os_error(e, out, tmp) from None
-    try:
         write_json(tmp / PARTIAL_MARKER, _owner())
         yield tmp
         write_json(tmp / OUTPUT_MARKER, {'created_by': created_by, 'version': __version__, **(marker_info or {})})
         (tmp / PARTIAL_MARKER).unlink()
         _replace(tmp, out)
+        done = True
     except OSError as e:
         raise _wrap_os_error(e, out, tmp) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_parents(created)
 
 
 @contextlib.contextmanager
@@ -262,17 +293,22 @@ def atomic_file(
     remove_stale_partials(path)
     tmp = path.with_name(f'{_partial_prefix(path)}{secrets.token_hex(4)}')
     owner = tmp.with_name(tmp.name + OWNER_SUFFIX)
+    created: List[Path] = []
+    done = False
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_parents(path)
         write_json(owner, _owner())
         encoding = None if 'b' in mode else 'utf-8'
         with open(tmp, mode, encoding=encoding, newline=newline) as f:
             yield f
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        done = True
     except OSError as e:
         raise _wrap_os_error(e, path, tmp) from None
     finally:
         for leftover in (tmp, owner):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+        if not done:
+            _remove_parents(created)
