@@ -94,8 +94,11 @@ class _RunsCode:
         return os.system, (f'touch {Path(__file__).parent / "PWNED"}',)
 
 
-def _unsafe(world, tmp: Path) -> Path:
-    torch.save({'state_dict': world.model.state_dict(), 'extra': _RunsCode()}, tmp / 'unsafe.pth.tar')
+def _unsafe(world, tmp: Path, **save_options) -> Path:
+    """A checkpoint whose pickle calls os.system when loaded without weights_only (zip by default; legacy non-zip
+    with ``_use_new_zipfile_serialization=False``; STACK_GLOBAL with ``pickle_protocol=4``)."""
+    torch.save({'state_dict': world.model.state_dict(), 'extra': _RunsCode()}, tmp / 'unsafe.pth.tar', **save_options)
+    assert zipfile.is_zipfile(tmp / 'unsafe.pth.tar') == save_options.get('_use_new_zipfile_serialization', True)
     return tmp / 'unsafe.pth.tar'
 
 
@@ -153,6 +156,12 @@ CASES = {
         t / 'out'),
     '7 a pickle that runs os.system': lambda w, t, s: (
         ['export', str(_unsafe(w, t)), str(t / 'out')],
+        'unsafe.pth.tar: refused for safety: it needs unsafe unpickling (it contains posix.system)', t / 'out'),
+    '7 a legacy (non-zip) pickle that runs os.system': lambda w, t, s: (
+        ['export', str(_unsafe(w, t, _use_new_zipfile_serialization=False)), str(t / 'out')],
+        'unsafe.pth.tar: refused for safety: it needs unsafe unpickling (it contains posix.system)', t / 'out'),
+    '7 a protocol-4 pickle that runs os.system': lambda w, t, s: (
+        ['export', str(_unsafe(w, t, pickle_protocol=4)), str(t / 'out')],
         'unsafe.pth.tar: refused for safety: it needs unsafe unpickling (it contains posix.system)', t / 'out'),
     '8 args.yaml with a syntax error': lambda w, t, s: (
         ['export', str(_copy_run(w, t, **{'args.yaml': 'model: [astroformer_small\n'})), str(t / 'out')],

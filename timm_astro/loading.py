@@ -15,10 +15,11 @@ import argparse
 import json
 import os
 import pickle
+import pickletools
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import IO, Any, Dict, List, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -69,11 +70,59 @@ def _verify_crc32(path: Path) -> None:
                         f'differ; download or copy the file again') from None
 
 
+_STRING_OPS = {'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'UNICODE', 'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8'}
+_MEMO_OPS = {'MEMOIZE', 'PUT', 'BINPUT', 'LONG_BINPUT', 'FRAME', 'PROTO', 'MARK', 'STOP'}
+
+
+def _pickle_globals(f: IO[bytes]) -> List[str]:
+    """The classes and functions one pickle in ``f`` refers to (``module.name``), read with pickletools: nothing
+    is imported or run. ``STACK_GLOBAL`` (protocol 4+) takes its two names from the strings pushed before it."""
+    found: List[str] = []
+    pushed: List[Optional[str]] = []  # what each op pushed: a string, or None for anything else
+    memo: Dict[int, Optional[str]] = {}
+    for op, arg, _ in pickletools.genops(f):
+        if op.name in ('GLOBAL', 'INST'):
+            found.append(arg.replace(' ', '.', 1))
+        elif op.name == 'STACK_GLOBAL':
+            names = pushed[-2:]
+            found.append('.'.join(names) if len(names) == 2 and None not in names else '<a global named at run time>')
+        if op.name == 'MEMOIZE':
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif op.name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
+            memo[arg] = pushed[-1] if pushed else None
+        elif op.name in ('GET', 'BINGET', 'LONG_BINGET'):
+            pushed.append(memo.get(arg))
+        elif op.name in _STRING_OPS:
+            pushed.append(arg if isinstance(arg, str) else arg.decode('latin-1') if isinstance(arg, bytes) else None)
+        elif op.name not in _MEMO_OPS and op.stack_after:
+            pushed.append(None)
+    return found
+
+
 def _unsafe_globals(path: Path) -> List[str]:
+    """The globals in a checkpoint's pickle that ``torch.load(weights_only=True)`` refuses, found without
+    unpickling: in ``data.pkl`` of a zip checkpoint, or in the leading pickles of a legacy (non-zip) one, which
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` cannot read."""
+    found: List[str] = []
     try:
-        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if g != 'argparse.Namespace']
-    except Exception:  # noqa: BLE001  (not a zip checkpoint, or damaged: then it is not an unsafe one)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    if name == 'data.pkl' or name.endswith('/data.pkl'):
+                        with archive.open(name) as f:
+                            found += _pickle_globals(f)
+        else:  # magic number, protocol, system info, then the object (torch.serialization._legacy_load)
+            with open(path, 'rb') as f:
+                for _ in range(4):
+                    found += _pickle_globals(f)
+    except Exception:  # noqa: BLE001  (damaged or not a pickle: what was found so far still counts)
+        pass
+    try:  # torch's own list, as get_unsafe_globals_in_checkpoint uses
+        from torch import _weights_only_unpickler as weights_only
+        safe = {*weights_only._get_allowed_globals(), *weights_only._get_user_allowed_globals(), 'argparse.Namespace'}
+    except (ImportError, AttributeError):  # a torch without it: no claim either way
         return []
+    return sorted({g for g in found if g not in safe})
 
 
 def _read_pickle(path: Path) -> Any:
