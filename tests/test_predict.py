@@ -191,3 +191,36 @@ def test_resume_after_a_kill_predicts_each_image_exactly_once(folder, tmp_path):
     model = timm.create_model('resnet18', num_classes=3).eval()
     predict_to_csv(model, open_prediction_inputs(folder), full, progress=False, data_config={'input_size': (3, 16, 16)})
     assert sorted(map(tuple, (r.values() for r in rows))) == sorted(map(tuple, (r.values() for r in _rows(full))))
+
+
+def test_interrupt_names_the_kept_partial_and_resume_continues_it(folder, tmp_path, capsys, monkeypatch):
+    import timm_astro.evaluation.predict as predict
+    out, partial = tmp_path / 'pred.csv', tmp_path / '.pred.csv.partial'
+    args = ['resnet18', str(folder), '--num-classes', '3', '--out', str(out), '--img-size', '16', '--batch-size', '4',
+            '--no-progress']
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    # interrupted before anything is written (loading the model): nothing is left, and the message says so
+    with monkeypatch.context() as m:
+        m.setattr('timm_astro.commands.predict.load_model_from_args', interrupt)
+        assert main(args) == 130
+    assert capsys.readouterr().err.strip() == 'timm-astro predict: error: interrupted; nothing was left half-written'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['catalogue']
+    # interrupted (Ctrl-C or SIGTERM) after the first batch: the partial CSV is kept for --resume, and named
+    real, calls = predict.view_probabilities, []
+
+    def interrupted_second_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    with monkeypatch.context() as m:
+        m.setattr(predict, 'view_probabilities', interrupted_second_batch)
+        assert main(args) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f'timm-astro predict: error: interrupted; 4 predictions so far are kept in {partial}; run the '
+                     f'same command with --resume to continue, or --overwrite to start again'], lines
+    assert partial.read_text().count('\n') == 1 + 4 and not out.exists()
+    assert main(args + ['--resume']) == 0
+    assert '7 images predicted' in capsys.readouterr().out and len(_rows(out)) == 11 and not partial.exists()

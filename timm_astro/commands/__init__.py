@@ -48,6 +48,9 @@ def run_command(
         func: The command's body; returns an exit code or None (0).
         secret: Text never to show (a token); replaced by ``***`` in every message.
         translate: Maps further expected exceptions (a library's own types) to a message, or None to re-raise.
+
+    An interrupt says that nothing was left half-written, unless the code interrupted re-raised it with its own
+    message: ``predict`` keeps its partial CSV for ``--resume`` and says where it is.
     """
     restore_sigterm = None
     if threading.current_thread() is threading.main_thread():
@@ -55,8 +58,8 @@ def run_command(
         restore_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return int(func() or 0)
-    except KeyboardInterrupt:
-        say_error(prog, 'interrupted; nothing was left half-written')
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM; a message if the code interrupted kept a partial output
+        say_error(prog, f"interrupted; {str(e) or 'nothing was left half-written'}", secret)
         return 130
     except BrokenPipeError:  # the reader of our output went away (`| head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

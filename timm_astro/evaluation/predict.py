@@ -243,24 +243,29 @@ def predict_to_csv(
     predicted = 0
     write_json(owner, {'host': socket.gethostname(), 'pid': os.getpid()})
     start = time.perf_counter()
-    with open(partial, 'a', newline='', encoding='utf-8') as f:
-        writer = csv.writer(f, lineterminator='\n')
-        if f.tell() == 0:
-            writer.writerow(header)
-        with tqdm(total=len(todo), unit='img', desc='predict', disable=None if progress else True) as bar:
-            for images, positions, failed in loader:
-                for position, error in failed:
-                    if strict:
-                        raise UserError(f'{inputs.ids[position]}: cannot be read ({error}); stopped (--strict). '
-                                        f'{predicted} predictions so far are kept in {partial} for --resume')
-                    errors.append((inputs.ids[position], error))
-                if images is not None:
-                    probs = view_probabilities(model, images.to(device), tta)
-                    for position, cells in zip(positions, _rows(probs.cpu(), label_names)):
-                        writer.writerow([inputs.id_columns[c][position] for c in inputs.id_columns] + cells)
-                    predicted += len(positions)
-                f.flush()
-                bar.update(len(positions) + len(failed))
+    try:
+        with open(partial, 'a', newline='', encoding='utf-8') as f:
+            writer = csv.writer(f, lineterminator='\n')
+            if f.tell() == 0:
+                writer.writerow(header)
+            with tqdm(total=len(todo), unit='img', desc='predict', disable=None if progress else True) as bar:
+                for images, positions, failed in loader:
+                    for position, error in failed:
+                        if strict:
+                            raise UserError(f'{inputs.ids[position]}: cannot be read ({error}); stopped (--strict). '
+                                            f'{predicted} predictions so far are kept in {partial} for --resume')
+                        errors.append((inputs.ids[position], error))
+                    if images is not None:
+                        probs = view_probabilities(model, images.to(device), tta)
+                        for position, cells in zip(positions, _rows(probs.cpu(), label_names)):
+                            writer.writerow([inputs.id_columns[c][position] for c in inputs.id_columns] + cells)
+                        predicted += len(positions)
+                    f.flush()
+                    bar.update(len(positions) + len(failed))
+    except KeyboardInterrupt as e:  # the partial file is kept on purpose: say where, and how to go on
+        raise KeyboardInterrupt(
+            f'{predicted + len(done)} predictions so far are kept in {partial}; run the same command with --resume '
+            f'to continue, or --overwrite to start again') from e
     seconds = time.perf_counter() - start
     if errors:
         with atomic_file(out.with_name(out.stem + '.errors.csv'), newline='') as f:
