@@ -107,6 +107,27 @@ def test_command_errors_are_one_line(tmp_path, capsys, argv_tail, message):
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.parametrize('output, message', [
+    ('afile/sub', '{tmp}/afile/sub: cannot be created, {tmp}/afile is a file, not a folder'),
+    ('full', '{tmp}/full: folder is not empty; pass --overwrite'),
+])
+@pytest.mark.parametrize('model', ['astroformer_small', 'not_a_model', 'hf-hub:astro/never-downloaded'])
+def test_bad_output_is_said_before_the_model_is_loaded(tmp_path, capsys, monkeypatch, output, message, model):
+    import timm_astro.loading
+
+    def load_model(*args, **kwargs):
+        raise AssertionError('the model was loaded (perhaps downloaded) before --output was checked')
+    monkeypatch.setattr(timm_astro.loading, 'load_model', load_model)
+    (tmp_path / 'afile').write_text('keep me')
+    (tmp_path / 'full').mkdir()
+    (tmp_path / 'full' / 'notes.txt').write_text('keep me')
+    assert cli.main(['inspect', model, '--output', str(tmp_path / output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('timm-astro inspect: error: ') and err.count('\n') == 1, err
+    assert message.format(tmp=tmp_path) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['afile', 'full']
+
+
 def test_unreadable_image_is_named(tmp_path, capsys):
     bad = tmp_path / 'not_an_image.png'
     bad.write_text('text')

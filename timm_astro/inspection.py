@@ -21,7 +21,7 @@ from timm.data import create_transform, resolve_model_data_config
 from timm_astro.errors import UserError
 from timm_astro.evaluation.plots import pyplot
 from timm_astro.layers.relative_attention import RelativeAttention2d
-from timm_astro.outputs import atomic_output_dir, write_json
+from timm_astro.outputs import atomic_output_dir, check_output_location, write_json
 
 __all__ = ['write_kernel_pictures', 'write_attention_pictures', 'inspect_model', 'QUERY_POINTS']
 
@@ -187,13 +187,16 @@ def inspect_model(
         overwrite: bool = False,
 ) -> Path:
     """Load ``spec`` (see ``timm_astro.loading.load_model``) and write into ``out`` its kernel pictures
-    (``kernels/``), the attention pictures of ``images`` (``attention/``) and ``inspect.json`` listing them."""
+    (``kernels/``), the attention pictures of ``images`` (``attention/``) and ``inspect.json`` listing them.
+
+    The images, ``out`` and matplotlib are checked before the model is loaded (perhaps a Hub download)."""
     from timm_astro.loading import load_model
 
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise UserError(f"{', '.join(missing)}: not found; expected image files")
-    pyplot()  # a missing matplotlib is said before the model is loaded
+    check_output_location(out, overwrite=overwrite, created_by=CREATED_BY)
+    pyplot()
     model = load_model(spec, checkpoint)
     has_kernel = any(m.rel_pos is not None for _, m in _attention_modules(model))
     with atomic_output_dir(out, CREATED_BY, overwrite=overwrite) as tmp:
