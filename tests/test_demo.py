@@ -83,7 +83,8 @@ def test_overwrite_replaces_an_earlier_demo_but_never_a_folder_that_is_not_ours(
     (['--drop-path', '1.5'], '--drop-path must be in [0, 1), got 1.5'),
     (['--workers', '-1'], '--workers must be at least 0, got -1'),
     (['--images-per-class', '5'], '--batch-size 32 is more than the 30 training images'),
-    (['--batch-size', '1', '--images-per-class', '2'], 'batch_size must be even when mixup'),
+    (['--batch-size', '1', '--images-per-class', '2'], '--batch-size must be even, got 1: the demo trains with Mixup'),
+    (['--batch-size', '7'], '--batch-size must be even, got 7'),
     (['--model', 'astroformer_0'], '--model astroformer_0 cannot run at --image-size 16: astroformer_0 runs on inputs'),
 ])
 def test_bad_options(tmp_path, capsys, args, message):

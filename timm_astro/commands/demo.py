@@ -76,6 +76,10 @@ def _check(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError(f'--batch-size {args.batch_size} is more than the {num_train} training images '
                         f'(--images-per-class {args.images_per_class} x {len(CLASS_NAMES)} classes): no batch would '
                         f'be complete; lower --batch-size or raise --images-per-class')
+    mixup = LOWDATA_GALAXY_RECIPE.get('mixup', 0) > 0 or LOWDATA_GALAXY_RECIPE.get('cutmix', 0) > 0
+    if mixup and args.batch_size % 2:
+        raise UserError(f'--batch-size must be even, got {args.batch_size}: the demo trains with Mixup/CutMix, which '
+                        f'pairs each image with another')
     if args.model not in timm.list_models():
         raise UserError(f'unknown model {args.model!r}; Astroformer models: '
                         f'{", ".join(timm.list_models("astroformer*"))}')
