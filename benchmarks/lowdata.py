@@ -151,7 +151,7 @@ def _stats(values: List[float]) -> Dict[str, float]:
 
 
 METRICS = ('test_top1', 'test_top1_d4', 'test_balanced', 'test_balanced_d4', 'validation_top1',
-           'validation_top1_d4', 'train_cpu_s')
+           'validation_top1_d4', 'validation_balanced', 'validation_balanced_d4', 'train_cpu_s')
 
 
 def summarize(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -188,25 +188,27 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"evaluation centre crop {s.get('crop_pct', 1.0)}. Recipe (train.py keys): {recipe_text}.\n",
         f"Machine: {m['cpu_model']} x{m['logical_cpus']} ({m['device']}), torch {m['torch']}, timm {m['timm']}. "
         f"Command: `{report['command']}` ({report['wall_time_s'] / 60:.0f} min, started {report['date']}).\n",
-        f"Test top-1 (%) and balanced accuracy, mean ± std over seeds {s['seeds']}, plain / with D4 test-time "
-        f"averaging; training cost in CPU-seconds (both cores count). The test split has "
-        f"{s['eval_sizes'].get('test', '?')} images: one image is "
-        f"{100 / max(1, s['eval_sizes'].get('test', 1)):.1f} points.\n",
+        f"Top-1 (%) and balanced accuracy, mean ± std over seeds {s['seeds']}, plain / with D4 test-time "
+        f"averaging; training cost in CPU-seconds (both cores count). "
+        + ' '.join(f"The {split} split has {n} images: one image is {100 / max(1, n):.1f} points."
+                   for split, n in sorted(s['eval_sizes'].items(), reverse=True))
+        + ('' if 'test' in s['eval_sizes'] else ' The test split was not evaluated (a recipe search).') + '\n',
     ]
+    splits = [split for split in ('test', 'validation') if split in s['eval_sizes']]
     for recipe in dict.fromkeys(e['recipe'] for e in report['summary']):
         if len(report['recipes']) > 1:
             lines.append(f'## Recipe `{recipe}`\n')
         rows = []
         for e in [e for e in report['summary'] if e['recipe'] == recipe]:
             rows.append([f"`{e['model']}`", e['shots'], f"{e['params'] / 1e6:.2f}M", len(e['seeds']),
-                         f"{_cell(e.get('test_top1'))} / {_cell(e.get('test_top1_d4'))}",
-                         f"{_cell(e.get('test_balanced'))} / {_cell(e.get('test_balanced_d4'))}",
-                         f"{_cell(e.get('validation_top1'))} / {_cell(e.get('validation_top1_d4'))}",
+                         *[f"{_cell(e.get(f'{split}_{metric}'))} / {_cell(e.get(f'{split}_{metric}_d4'))}"
+                           for split in splits for metric in ('top1', 'balanced')][:3],
                          fmt_num(e['train_cpu_s']['mean'])])
         rows.sort(key=lambda r: (report['settings']['shots'].index(r[1]), r[0]))
         lines.append(markdown_table(
-            ['model', 'k', 'params', 'seeds', 'test top-1 plain / D4', 'test balanced plain / D4',
-             'validation top-1 plain / D4', 'train CPU-s'], rows))
+            ['model', 'k', 'params', 'seeds',
+             *[f'{split} {name} plain / D4' for split in splits for name in ('top-1', 'balanced')][:3],
+             'train CPU-s'], rows))
     lines.append(f"Chance: {100 / s['num_classes']:.1f}%.\n")
     return '\n'.join(lines)
 

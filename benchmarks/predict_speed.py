@@ -58,12 +58,16 @@ def time_predict(model: torch.nn.Module, folder: Path, size: int, batch_size: in
     return summary.images_per_second
 
 
-def time_inference_py(scripts: Path, name: str, num_classes: int, size: int, folder: Path, batch_size: int,
-                      workers: int, model_kwargs: Dict[str, Any]) -> float:
-    """timm's inference.py through timm-astro run; img/s from its own average batch time (startup excluded)."""
+def time_inference_py(scripts: Path, model: torch.nn.Module, name: str, num_classes: int, size: int, folder: Path,
+                      batch_size: int, workers: int, model_kwargs: Dict[str, Any]) -> float:
+    """timm's inference.py through timm-astro run, on ``model``'s weights (inference.py asks for pretrained weights
+    without a checkpoint); img/s from its own average batch time (startup excluded)."""
     with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / 'weights.pth'
+        torch.save(model.state_dict(), checkpoint)
         command = [sys.executable, '-m', 'timm_astro', 'run', str(scripts / 'inference.py'), str(folder),
                    '--model', name, '--num-classes', str(num_classes), '--img-size', str(size), '--crop-pct', '1.0',
+                   '--checkpoint', str(checkpoint),
                    '--batch-size', str(batch_size), '--workers', str(workers), '--device', 'cpu',
                    '--log-freq', '1', '--results-dir', tmp, '--no-console-results']
         if model_kwargs:
@@ -149,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             samples['predict'].append(time_predict(model, args.images, size, args.batch_size, args.workers))
             if args.timm_scripts:
                 samples['inference.py'].append(time_inference_py(
-                    args.timm_scripts, name, args.num_classes, size, args.images, args.batch_size, args.workers,
+                    args.timm_scripts, model, name, args.num_classes, size, args.images, args.batch_size, args.workers,
                     kwargs))
             print(f'{spec} repeat {repeat + 1}: ' + ', '.join(f'{k} {v[-1]:.1f} img/s' for k, v in samples.items()
                                                               if v), flush=True)
