@@ -228,7 +228,8 @@ def main() -> int:
 
     def save() -> None:
         result['elapsed_s'] = time.perf_counter() - started
-        result['verdicts'] = verdicts(result['rows'], args.fullres_models)
+        if not args.dry_run:  # a dry run's figures mean nothing: no verdicts from them
+            result['verdicts'] = verdicts(result['rows'], args.fullres_models)
         write_text_atomic(args.out / 'gpu_check.json', json.dumps(result, indent=2, default=str) + '\n')
         write_text_atomic(args.out / 'gpu_check.md', render(result))
 

@@ -9,8 +9,12 @@
 # no network). Wheels in .whl/ (see the device notes) are installed to /tmp/site first if present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-${OUT:-benchmarks/results/gpu}}"
-shift || true
+# the first argument is the output folder unless it is an option
+out="${OUT:-benchmarks/results/gpu}"
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    out="$1"
+    shift
+fi
 if compgen -G '.whl/*.whl' >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -24,8 +28,8 @@ if tuple(int(p) for p in timm.__version__.split('.')[:3]) < (1, 0, 31):
     raise SystemExit(f'timm {timm.__version__} is older than 1.0.31 (timm_astro needs it): carry a wheel in .whl/')
 EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-# the committed CUDA test (skipped on a CPU), then the figures: the script's budget (360 s) stops starting rows,
-# the 400 s timeout stops a row that hangs
+# the committed CUDA test (skipped on a CPU), then the figures: the script's budget (270 s) stops starting rows,
+# the 330 s timeout stops a row that hangs; with set-up that keeps the whole run under 8 minutes
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_relative_attention.py -k cuda -rs 2>&1 \
     | tee "$out/pytest_cuda.log" || true
-timeout 400 python3 benchmarks/gpu_check.py --out "$out" --budget-s 360 "$@" 2>&1 | tee "$out/gpu_check.log"
+timeout 330 python3 benchmarks/gpu_check.py --out "$out" --budget-s 270 "$@" 2>&1 | tee "$out/gpu_check.log"
