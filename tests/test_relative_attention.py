@@ -224,6 +224,16 @@ def test_training_runs_the_cpu_flash_kernel_forward_and_backward(rel_pos_type):
     assert MATH not in kernels and not {n for n in kernels if 'softmax' in n}, sorted(kernels)
 
 
+def test_paper_family_runs_the_cpu_flash_kernel_in_inference_and_math_in_training():
+    """The paper family's S4 is the same module: flash in inference; its table trained on CPU takes the math path."""
+    model = timm.create_model('astroformer_0', num_classes=5)
+    x = torch.randn(1, 3, 64, 64)
+    kernels = _sdpa_kernels(model, x, train=False)
+    assert FLASH in kernels and MATH not in kernels, sorted(kernels)
+    kernels = _sdpa_kernels(model, x, train=True)
+    assert MATH in kernels and FLASH not in kernels, sorted(kernels)
+
+
 def test_training_the_table_on_cpu_takes_the_math_path():
     """torch's CPU SDPA cannot give a mask its gradient, so a trained table falls back to the N x N math path (the
     fact the docs state; if torch learns it, this test fails and the docs must change)."""
@@ -311,14 +321,48 @@ def test_flex_training_on_cpu_is_refused_with_the_reason():
         attn(torch.randn(*FLEX_SHAPE))
 
 
+class _FakeInput:
+    """What ``_use_flex`` reads of its input: the device and whether it requires grad."""
+
+    def __init__(self, device: str, requires_grad: bool = False):
+        self.is_cuda, self.device, self.requires_grad = device == 'cuda', torch.device(device), requires_grad
+
+
+@pytest.mark.parametrize('case, device, grad, frozen, attn_drop, expected', [
+    ('table trained on CUDA', 'cuda', True, False, 0.0, True),
+    ('CUDA inference', 'cuda', False, False, 0.0, False),
+    ('CUDA, frozen table, input needs no grad', 'cuda', True, True, 0.0, False),
+    ('CUDA with attention dropout', 'cuda', True, False, 0.1, False),
+    ('table trained on CPU', 'cpu', True, False, 0.0, False),
+])
+def test_auto_chooses_flex_only_to_train_the_table_on_cuda(monkeypatch, case, device, grad, frozen, attn_drop,
+                                                             expected):
+    """attn_impl='auto': FlexAttention exactly when the table is trained on CUDA (torch >= 2.6, no attention
+    dropout: flex has none); SDPA otherwise. The decision alone, faked devices, so it is checked without a GPU."""
+    import timm_astro.layers.relative_attention as ra
+    monkeypatch.setattr(ra, '_FLEX_TRAINS_TABLE', True)
+    attn = _attention('table', attn_drop=attn_drop)
+    attn.rel_pos.relative_position_bias_table.requires_grad_(not frozen)
+    with torch.set_grad_enabled(grad):
+        assert attn._use_flex(_FakeInput(device)) is expected, case
+    attn.attn_impl = 'sdpa'
+    with torch.set_grad_enabled(grad):
+        assert attn._use_flex(_FakeInput(device)) is False, 'sdpa never runs flex'
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA: FlexAttention has no backward on CPU')
 @pytest.mark.skipif(not has_flex_attention(training=True), reason='FlexAttention table gradients need torch >= 2.6')
-def test_flex_training_on_cuda_equals_explicit():
+def test_flex_training_on_cuda_equals_explicit(monkeypatch):
     x = torch.randn(*FLEX_SHAPE, device='cuda')
     results = {}
+    import timm_astro.layers.relative_attention as ra
+    flex_calls = []
+    run_flex = ra._run_flex_attention
+    monkeypatch.setattr(ra, '_run_flex_attention', lambda *a, **kw: flex_calls.append(1) or run_flex(*a, **kw))
     for impl in ('auto', 'explicit'):
         attn = _small_s4(impl).cuda()
         results[impl] = _outputs_and_grads(attn, x)
+    assert flex_calls, "'auto' did not train the table through FlexAttention on CUDA"
     (out_flex, grads_flex), (out_ref, grads_ref) = results['auto'], results['explicit']
     torch.testing.assert_close(out_flex, out_ref, atol=1e-4, rtol=1e-4)
     for name in grads_ref:
