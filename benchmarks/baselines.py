@@ -1,6 +1,6 @@
 """The alternatives Astroformer is measured against, built so that rows compare like with like.
 
-* ``PlainRelativeAttention`` / ``plain_design_model``: the design document's S4 (../shared/design/001) written the
+* ``PlainRelativeAttention`` / ``plain_design_model``: the S4 of the design document for 32x32 images, written the
   direct way a user would write it: a QKV projection plus a depthwise convolution giving the position term,
   ``softmax(q^T k + q^T r) v`` with ``r = DWConv(x)`` ("combined standard and relative attention weights applied to
   values"), one head, no 1/sqrt(d) scaling, no norm, no MLP, no output projection, the N x N matrices materialised

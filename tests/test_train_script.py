@@ -144,3 +144,13 @@ def test_bad_input_is_stopped_with_a_message(tmp_path: Path):
     proc = _run(['-m', 'timm_astro', 'run', TRAIN_SCRIPT, str(flat.parent), '--model', 'astroformer_small'] + TINY,
                 tmp_path)
     assert proc.returncode == 2 and 'holds images directly' in proc.stderr
+
+
+def test_in_process_trainer_defaults_are_this_train_py_defaults():
+    """timm_astro.training.TRAIN_DEFAULTS is a copy of train.py's defaults (train.py is not importable from the
+    wheel): every value must equal what this train.py's parser gives when the option is not passed."""
+    from timm_astro.training import TRAIN_DEFAULTS
+    parser = runpy.run_path(TRAIN_SCRIPT, run_name='timm_astro_test')['parser']
+    defaults = {action.dest: action.default for action in parser._actions}
+    differ = {k: (v, defaults.get(k, '<no such option>')) for k, v in TRAIN_DEFAULTS.items() if defaults.get(k) != v}
+    assert not differ, f'TRAIN_DEFAULTS (ours, train.py): {differ}'
