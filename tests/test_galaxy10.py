@@ -451,6 +451,32 @@ def test_dataset_reads_the_file_and_agrees_with_prepare(decals_h5, decals_out):
     full.close()
 
 
+def test_test_fraction_gives_three_disjoint_stratified_splits_the_dataset_matches(tmp_path, decals_h5, decals_out):
+    """--test-fraction: train/validation/test partition the file, each class split by the fractions, the validation
+    split unchanged from a run without a test split (earlier figures stay comparable), the manifest and the folders
+    agree, and Galaxy10Dataset(split=...) with the same fractions picks the same images."""
+    labels = make_labels()
+    out = tmp_path / 'with_test'
+    assert main(['prepare', str(decals_h5), str(out), '--test-fraction', '0.2', '--no-progress']) == 0
+    rows = read_manifest(out)
+    by_split = {split: {int(r['index']) for r in rows if r['split'] == split}
+                for split in ('train', 'validation', 'test')}
+    assert sum(map(len, by_split.values())) == len(labels)
+    assert set().union(*by_split.values()) == set(range(len(labels)))
+    assert not (by_split['train'] & by_split['test']) and not (by_split['validation'] & by_split['test'])
+    assert by_split['validation'] == {int(r['index']) for r in read_manifest(decals_out) if r['split'] == 'validation'}
+    for label, count in enumerate(DEFAULT_COUNTS):
+        n_test = sum(1 for i in by_split['test'] if labels[i] == label)
+        assert abs(n_test - 0.2 * count) <= 1, f'class {label}: {n_test} of {count} images in test'
+    assert len(by_split['test']) > 0
+    for split, indices in by_split.items():
+        files = {int(p.stem) for p in (out / split).rglob('*.png')}
+        assert files == indices, split
+        ds = Galaxy10Dataset(decals_h5, split=split, test_fraction=0.2)
+        assert set(ds.indices.tolist()) == indices and ds.targets == [int(labels[i]) for i in ds.indices]
+        ds.close()
+
+
 def test_dataset_with_timm_transform_and_worker_processes(decals_h5):
     import torch
     from timm.data import create_transform
