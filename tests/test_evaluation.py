@@ -164,8 +164,10 @@ def test_evaluate_writes_the_report_with_and_without_tta(image_folder, tmp_path,
     code = main(['resnet18', str(image_folder), '--split', 'test', '--num-classes', '3', '--img-size', '16',
                  '--tta', 'd4', '--output', str(out), '--workers', '0', '--no-progress'])
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert 'plain' in printed and 'tta d4' in printed and 'balanced_accuracy' in printed
+    assert 'resnet18 without --checkpoint has random weights' in captured.err, 'an untrained model is said'
     report = json.loads((out / 'metrics.json').read_text())
     assert set(report['metrics']) == {'plain', 'tta_d4'} and report['num_images'] == 9
     assert report['label_names'] == list(CLASSES) and report['data_config']['input_size'] == [3, 16, 16]

@@ -1,5 +1,6 @@
 """Arguments shared by the commands that load a model and feed it images (evaluate, predict, inspect)."""
 import argparse
+import sys
 from typing import Any, Dict
 
 __all__ = ['add_model_arguments', 'add_data_config_arguments', 'data_config_overrides', 'load_model_from_args']
@@ -45,7 +46,10 @@ def data_config_overrides(args: argparse.Namespace, in_chans: int = 3) -> Dict[s
     return config
 
 
-def load_model_from_args(args: argparse.Namespace):
+def load_model_from_args(args: argparse.Namespace, prog: str):
+    """The model the arguments name; a bare model name without ``--checkpoint`` is loaded with a warning, since its
+    weights are random (nothing here downloads pretrained weights) and its figures are those of an untrained model."""
+    import timm
     from timm_astro.errors import UserError
     from timm_astro.loading import load_model
     if args.batch_size < 1:
@@ -53,4 +57,8 @@ def load_model_from_args(args: argparse.Namespace):
     if args.workers < 0:
         raise UserError(f'--workers must be at least 0, got {args.workers}')
     kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}
-    return load_model(args.model, args.checkpoint, use_ema=not args.no_ema, **kwargs)
+    model = load_model(args.model, args.checkpoint, use_ema=not args.no_ema, **kwargs)
+    if args.checkpoint is None and timm.is_model(args.model):
+        print(f'{prog}: warning: {args.model} without --checkpoint has random weights: these are the outputs of an '
+              f'untrained model', file=sys.stderr)
+    return model

@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_output_location(args.output, overwrite=args.overwrite, created_by='timm-astro evaluate')
         data = open_labelled_data(args.data, args.split, val_fraction=args.val_fraction,
                                   test_fraction=args.test_fraction, seed=args.seed)
-        model = load_model_from_args(args)
+        model = load_model_from_args(args, PROG)
         result = evaluate(
             model, data, data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)), tta=args.tta,
             batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)

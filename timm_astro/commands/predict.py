@@ -34,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def run() -> None:
         inputs = open_prediction_inputs(args.input)
-        model = load_model_from_args(args)
+        model = load_model_from_args(args, PROG)
         label_names = read_label_names(args.label_names) if args.label_names else None
         summary = predict_to_csv(
             model, inputs, args.out, label_names=label_names,
