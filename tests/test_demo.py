@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 from timm_astro.data.synthetic_galaxies import LABEL_NAMES
+import timm_astro.commands.demo as demo
 from timm_astro.commands.demo import main
+from timm_astro.recipes import LOWDATA_GALAXY_RECIPE
 
 TINY = ['--epochs', '2', '--images-per-class', '4', '--val-per-class', '2', '--batch-size', '8', '--image-size', '16']
 HAS_MATPLOTLIB = importlib.util.find_spec('matplotlib') is not None
@@ -40,7 +42,7 @@ def test_writes_everything_and_reloads_identically(demo_dir):
     assert report['metrics']['tta_d4']['top1'] == pytest.approx(summary['validation_top1_d4'])
     for name in ('confusion_matrix.png', 'reliability.png'):
         assert (demo_dir / 'evaluation' / name).is_file() == HAS_MATPLOTLIB
-    assert summary['recipe']['mixup'] == 0.8 and summary['recipe']['cutmix'] == 0.0
+    assert summary['recipe']['mixup'] == LOWDATA_GALAXY_RECIPE['mixup'] and summary['recipe']['cutmix'] == 0.0
     kernels = sorted((demo_dir / 'kernel').glob('*.png')) if HAS_MATPLOTLIB else []
     assert len(kernels) == (1 if HAS_MATPLOTLIB else 0)  # astroformer_small has one relative attention module
 
@@ -83,8 +85,6 @@ def test_overwrite_replaces_an_earlier_demo_but_never_a_folder_that_is_not_ours(
     (['--drop-path', '1.5'], '--drop-path must be in [0, 1), got 1.5'),
     (['--workers', '-1'], '--workers must be at least 0, got -1'),
     (['--images-per-class', '5'], '--batch-size 32 is more than the 30 training images'),
-    (['--batch-size', '1', '--images-per-class', '2'], '--batch-size must be even, got 1: the demo trains with Mixup'),
-    (['--batch-size', '7'], '--batch-size must be even, got 7'),
     (['--model', 'astroformer_0'], '--model astroformer_0 cannot run at --image-size 16: astroformer_0 runs on inputs'),
 ])
 def test_bad_options(tmp_path, capsys, args, message):
@@ -92,6 +92,25 @@ def test_bad_options(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and err.count('\n') == 1, err  # one line, naming the option and its value
     assert list(tmp_path.iterdir()) == [], 'checked before any work: nothing written'
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--batch-size', '1', '--images-per-class', '2'], '--batch-size must be even, got 1: the demo trains with Mixup'),
+    (['--batch-size', '7'], '--batch-size must be even, got 7'),
+])
+def test_odd_batch_is_refused_when_the_recipe_mixes(tmp_path, capsys, monkeypatch, args, message):
+    """Mixup pairs images: with it on, an odd batch is one line before any work; with it off (the tuned low-data
+    recipe), an odd batch passes the checks."""
+    monkeypatch.setattr(demo, 'MIXUP', True)
+    monkeypatch.setattr(demo, 'LOWDATA_GALAXY_RECIPE', {**LOWDATA_GALAXY_RECIPE, 'mixup': 0.8})
+    assert main(['--output', str(tmp_path / 'x')] + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1, err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(demo, 'MIXUP', False)
+    monkeypatch.setattr(demo, 'LOWDATA_GALAXY_RECIPE', {**LOWDATA_GALAXY_RECIPE, 'mixup': 0.0})
+    recipe = demo._check(demo._parse(['--output', str(tmp_path / 'x')] + args))
+    assert recipe['batch_size'] % 2 == 1
 
 
 @pytest.mark.parametrize('where', ['parent is a file', 'unwritable'])

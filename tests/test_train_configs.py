@@ -126,9 +126,18 @@ def test_unchanged_train_py_builds_the_model_and_runs_it_at_the_recipe_size(path
     assert logits.shape == (2, cfg['num_classes'])
 
 
+def _tuned_off(path: Path, key: str) -> bool:
+    """The recipe turns ``key`` off and says the validation search chose that (a ``[tuned]`` comment)."""
+    line = next(line for line in path.read_text().splitlines() if line.startswith(f'{key}:'))
+    return '[tuned]' in line
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=_ids(CONFIGS))
 def test_randaugment_string(path: Path):
     aa = _load(path)['aa']
+    if aa is None:
+        assert _tuned_off(path, 'aa'), f'{path.name}: the paper uses RandAugment; turning it off needs a [tuned] reason'
+        return
     assert isinstance(aa, str) and aa.startswith('rand-'), 'the paper uses RandAugment'
     # Pillow 13 + timm's increasing posterize ('inc1') crashes on ~1 image in 600
     assert 'inc1' not in aa.split('-')
@@ -142,6 +151,10 @@ def test_mixup_never_pastes_a_patch(path: Path):
     mixup = Mixup(mixup_alpha=cfg['mixup'], cutmix_alpha=cfg['cutmix'], cutmix_minmax=cfg['cutmix_minmax'],
                   prob=cfg['mixup_prob'], switch_prob=cfg['mixup_switch_prob'], mode=cfg['mixup_mode'],
                   label_smoothing=cfg['smoothing'], num_classes=cfg['num_classes'])
+    if cfg['mixup'] == 0:
+        assert cfg['cutmix'] == 0 and cfg['cutmix_minmax'] is None
+        assert _tuned_off(path, 'mixup'), f'{path.name}: the paper uses Mixup; turning it off needs a [tuned] reason'
+        return
     assert mixup.mixup_enabled, f'{path.name}: Mixup is off'
     torch.manual_seed(0)
     for _ in range(40):
@@ -200,3 +213,17 @@ def test_galaxy_recipes_differ_only_in_model_and_drop_path():
     strip = [{k: v for k, v in c.items() if k not in ('model', 'drop_path')} for c in cfgs]
     assert strip[0] == strip[1] == strip[2]
     assert [c['drop_path'] for c in cfgs] == sorted(c['drop_path'] for c in cfgs), 'larger models, more drop path'
+
+
+def test_lowdata_recipe_is_the_one_the_benchmarks_train_with():
+    """timm_astro.recipes.LOWDATA_GALAXY_RECIPE (the demo, benchmarks/lowdata.py) == its train_configs/ file."""
+    from timm_astro.recipes import LOWDATA_GALAXY_CONFIG, LOWDATA_GALAXY_RECIPE
+    path = CONFIG_DIR / LOWDATA_GALAXY_CONFIG
+    cfg = _load(path)
+    ratio = cfg['batch_size'] / cfg['lr_base_size']
+    derived_lr = cfg['lr_base'] * (math.sqrt(ratio) if 'ada' in cfg['opt'] else ratio)
+    for key, value in LOWDATA_GALAXY_RECIPE.items():
+        if key == 'lr':
+            assert f'{derived_lr:.2e}' == f'{value:.2e}', f'train.py derives lr {derived_lr:.3g}, the recipe uses {value}'
+        else:
+            assert cfg[key] == value, f'{path.name}: {key} is {cfg[key]!r}, LOWDATA_GALAXY_RECIPE has {value!r}'

@@ -33,6 +33,8 @@ from timm_astro.errors import UserError
 from timm_astro.outputs import atomic_output_dir, check_output_location
 from timm_astro.recipes import LOWDATA_GALAXY_RECIPE
 
+MIXUP = LOWDATA_GALAXY_RECIPE.get('mixup', 0) > 0 or LOWDATA_GALAXY_RECIPE.get('cutmix', 0) > 0
+
 PROG = 'timm-astro demo'
 CREATED_BY = 'timm-astro demo'
 
@@ -48,8 +50,9 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--val-per-class', type=int, default=24, help='validation images per class')
     parser.add_argument('--image-size', type=int, default=16, help=f'rendered image size in pixels '
                                                                    f'({MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE})')
-    parser.add_argument('--batch-size', type=int, default=32, help='even (Mixup pairs images)')
-    parser.add_argument('--lr', type=float, default=2e-3)
+    parser.add_argument('--batch-size', type=int, default=LOWDATA_GALAXY_RECIPE['batch_size'],
+                        help='even when the recipe uses Mixup (it pairs images)')
+    parser.add_argument('--lr', type=float, default=LOWDATA_GALAXY_RECIPE['lr'])
     parser.add_argument('--drop-path', type=float, default=LOWDATA_GALAXY_RECIPE['drop_path'],
                         help='stochastic depth rate')
     parser.add_argument('--seed', type=int, default=0)
@@ -76,8 +79,7 @@ def _check(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError(f'--batch-size {args.batch_size} is more than the {num_train} training images '
                         f'(--images-per-class {args.images_per_class} x {len(CLASS_NAMES)} classes): no batch would '
                         f'be complete; lower --batch-size or raise --images-per-class')
-    mixup = LOWDATA_GALAXY_RECIPE.get('mixup', 0) > 0 or LOWDATA_GALAXY_RECIPE.get('cutmix', 0) > 0
-    if mixup and args.batch_size % 2:
+    if MIXUP and args.batch_size % 2:
         raise UserError(f'--batch-size must be even, got {args.batch_size}: the demo trains with Mixup/CutMix, which '
                         f'pairs each image with another')
     if args.model not in timm.list_models():
@@ -123,7 +125,8 @@ def training_curves(history: List[Dict[str, float]], path: Path) -> bool:
         return False
     epochs = [h['epoch'] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [h['train_loss'] for h in history], marker='o', label='train (mixup, smoothed)')
+    ax_loss.plot(epochs, [h['train_loss'] for h in history], marker='o',
+                 label='train (label smoothing' + (', Mixup)' if MIXUP else ')'))
     ax_loss.plot(epochs, [h['val_loss'] for h in history], marker='o', label='validation')
     ax_loss.set_xlabel('epoch'), ax_loss.set_ylabel('loss'), ax_loss.legend()
     ax_acc.plot(epochs, [h['val_top1'] for h in history], marker='o', color='C2')
