@@ -182,12 +182,15 @@ def render_markdown(report: Dict[str, Any]) -> str:
     recipe_text = ', '.join(f'{k} {v}' for k, v in s['recipe'].items())
     lines = [
         f"# Low-data accuracy: {s['data_name']}\n",
-        f"Data: `{s['data']}` ({s['num_classes']} classes; {s['train_size']} training, {s['eval_sizes']} evaluation "
-        f"images). Every model: about {s['steps']} optimizer steps of batch {s['recipe']['batch_size']} whatever k "
+        f"Data: `{s['data']}` ({s['num_classes']} classes; {s['train_size']} training, "
+        + ', '.join(f'{n} {split}' for split, n in s['eval_sizes'].items()) + " images)."
+        f" Every model: about {s['steps']} optimizer steps of batch {s['recipe']['batch_size']} whatever k "
         f"is (so k=10 runs many more epochs than k=all), the same recipe, input size per model as given, "
         f"evaluation centre crop {s.get('crop_pct', 1.0)}. Recipe (train.py keys): {recipe_text}.\n",
         f"Machine: {m['cpu_model']} x{m['logical_cpus']} ({m['device']}), torch {m['torch']}, timm {m['timm']}. "
-        f"Command: `{report['command']}` ({report['wall_time_s'] / 60:.0f} min, started {report['date']}).\n",
+        f"Command: `{report['command']}` ({report['wall_time_s'] / 60:.0f} min, started {report['date']})"
+        + (''.join(f"; merging `{p['file']}` ({p['runs']} runs, {p['wall_time_s'] / 60:.0f} min: `{p['command']}`)"
+                   for p in report.get('parts', [])) + '.\n'),
         f"Top-1 (%) and balanced accuracy, mean ± std over seeds {s['seeds']}, plain / with D4 test-time "
         f"averaging; training cost in CPU-seconds (both cores count). "
         + ' '.join(f"The {split} split has {n} images: one image is {100 / max(1, n):.1f} points."
@@ -209,8 +212,28 @@ def render_markdown(report: Dict[str, Any]) -> str:
             ['model', 'k', 'params', 'seeds',
              *[f'{split} {name} plain / D4' for split in splits for name in ('top-1', 'balanced')][:3],
              'train CPU-s'], rows))
+    if len(report['recipes']) > 1:
+        lines += _recipe_comparison(report, splits[-1])
     lines.append(f"Chance: {100 / s['num_classes']:.1f}%.\n")
     return '\n'.join(lines)
+
+
+def _recipe_comparison(report: Dict[str, Any], split: str) -> List[str]:
+    """One row per model and k, one column per recipe: top-1 with D4 on ``split`` (validation, the one to choose
+    on, when it was evaluated), the best recipe of each row in bold."""
+    recipes = list(report['recipes'])
+    cells: Dict[Tuple[str, str], Dict[str, float]] = {}
+    for e in report['summary']:
+        if f'{split}_top1_d4' in e:
+            cells.setdefault((e['model'], e['shots']), {})[e['recipe']] = e[f'{split}_top1_d4']['mean']
+    rows = []
+    for (model, shots), by_recipe in sorted(cells.items()):
+        best = max(by_recipe.values())
+        rows.append([f'`{model}`', shots] + ['' if r not in by_recipe else
+                                             f'**{by_recipe[r]:.1f}**' if by_recipe[r] == best else
+                                             f'{by_recipe[r]:.1f}' for r in recipes])
+    return [f'## {split.capitalize()} top-1 with D4 (%), by recipe\n',
+            markdown_table(['model', 'k'] + [f'`{r}`' for r in recipes], rows)]
 
 
 def render_plots(report: Dict[str, Any], base: Path) -> None:
@@ -296,16 +319,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         raise SystemExit(f'--shots {args.shots}: the smallest class has only {smallest} training images')
 
     out_base = args.out_dir / args.name
+    # appended, not with_suffix: a name such as part_lr0.001 keeps its dot
+    json_path, md_path = Path(f'{out_base}.json'), Path(f'{out_base}.md')
     args.out_dir.mkdir(parents=True, exist_ok=True)
     runs: List[Dict[str, Any]] = []
     earlier_wall_s = 0.0
-    if args.resume and out_base.with_suffix('.json').exists():
-        previous = json.loads(out_base.with_suffix('.json').read_text())
+    if args.resume and json_path.exists():
+        previous = json.loads(json_path.read_text())
         runs, earlier_wall_s = previous['runs'], previous['wall_time_s']
+    parts = []
     for part in args.merge:
         known = {(r['recipe'], r['model'], r['shots'], r['seed']) for r in runs}
-        runs += [r for r in json.loads(part.read_text())['runs']
-                 if (r['recipe'], r['model'], r['shots'], r['seed']) not in known]
+        merged = json.loads(part.read_text())
+        runs += [r for r in merged['runs'] if (r['recipe'], r['model'], r['shots'], r['seed']) not in known]
+        parts.append({'file': part.name, 'command': merged['command'], 'wall_time_s': merged['wall_time_s'],
+                      'runs': len(merged['runs'])})
     done = {(r['recipe'], r['model'], r['shots'], r['seed']) for r in runs}
     meta_path = data_root / 'dataset.json'
     data_name = json.loads(meta_path.read_text()).get('title', data_root.name) if meta_path.exists() \
@@ -332,13 +360,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                          'shot_counts': shot_counts, 'seeds': args.seeds, 'steps': args.steps,
                          'recipe': recipes[next(iter(recipes))], 'models': args.models,
                          'crop_pct': args.crop_pct},
-            'recipes': recipes, 'summary': summarize(runs), 'runs': runs,
+            'recipes': recipes, 'summary': summarize(runs), 'runs': runs, 'parts': parts,
         }
-        write_text_atomic(out_base.with_suffix('.json'), json.dumps(report, indent=1))
-        write_text_atomic(out_base.with_suffix('.md'), render_markdown(report))
+        write_text_atomic(json_path, json.dumps(report, indent=1))
+        write_text_atomic(md_path, render_markdown(report))
     if not args.no_plot and report:
         render_plots(report, out_base)
-    print(f"wrote {out_base.with_suffix('.json')}, {out_base.with_suffix('.md')}"
+    print(f"wrote {json_path}, {md_path}"
           + ('' if args.no_plot else f", {out_base}_shots.png, {out_base}_cost.png"))
     return report
 

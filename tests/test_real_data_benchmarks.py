@@ -58,6 +58,26 @@ def test_study_writes_json_markdown_and_both_plots(three_splits, tmp_path, monke
     assert again['runs'] == report['runs']
 
 
+def test_recipe_search_on_validation_in_two_parts_merged(three_splits, tmp_path, monkeypatch):
+    """A grid run as two parts (as two processes would), merged: the report never scores test, compares the
+    recipes side by side on validation with each row's best in bold, and names the parts it merged."""
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
+    common = ['--data-dir', str(three_splits), '--models', 'resnet18@16', '--shots', '2', '--seeds', '0',
+              '--steps', '2', '--set', 'batch_size=4', '--eval-splits', 'validation', '--out-dir', str(tmp_path),
+              '--no-plot']
+    for lr in ('0.001', '0.01'):
+        lowdata.main(common + ['--grid', f'lr={lr}', '--name', f'part_{lr}'])
+    merged = lowdata.main(common + ['--grid', 'lr=0.001|0.01', '--name', 'search',
+                                    '--merge', str(tmp_path / 'part_0.001.json'), str(tmp_path / 'part_0.01.json')])
+    assert sorted(r['recipe'] for r in merged['runs']) == ['lr=0.001', 'lr=0.01'], 'merged, nothing run again'
+    assert all('test_top1' not in r and 'validation_top1_d4' in r for r in merged['runs'])
+    assert [p['file'] for p in merged['parts']] == ['part_0.001.json', 'part_0.01.json']
+    markdown = (tmp_path / 'search.md').read_text()
+    assert 'The test split was not evaluated' in markdown and 'merging `part_0.001.json` (1 runs' in markdown
+    table = markdown.split('## Validation top-1 with D4 (%), by recipe')[1]
+    assert '| model | k | `lr=0.001` | `lr=0.01` |' in table and '**' in table.split('`resnet18@16`')[1]
+
+
 def test_few_shot_subsets_are_balanced_nested_and_seeded():
     by_class = {c: list(range(c * 100, c * 100 + 30)) for c in range(3)}
     ten = lowdata.few_shot_indices(by_class, 10, seed=0)
