@@ -58,6 +58,23 @@ def test_study_writes_json_markdown_and_both_plots(three_splits, tmp_path, monke
     assert again['runs'] == report['runs']
 
 
+def test_jobs_run_side_by_side_and_score_as_one_process_does(three_splits, tmp_path, monkeypatch):
+    """--jobs 2 (a spawned single-threaded process per run) gives the runs, and the accuracies, of one
+    single-threaded process: the parallel default study measures the same thing."""
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
+    common = ['--data-dir', str(three_splits), '--models', 'resnet18@16', 'resnet18@24', '--shots', '2',
+              '--seeds', '0', '--steps', '2', '--set', 'batch_size=4', '--out-dir', str(tmp_path), '--no-plot']
+    serial = lowdata.main(common + ['--threads', '1', '--name', 'serial'])
+    parallel = lowdata.main(common + ['--jobs', '2', '--name', 'parallel'])
+
+    def scores(report):
+        return {r['model']: (r['test_top1'], r['test_top1_d4'], r['final_train_loss']) for r in report['runs']}
+    assert scores(parallel) == scores(serial) and len(scores(serial)) == 2
+    assert json.loads((tmp_path / 'parallel.json').read_text())['settings']['jobs'] == 2
+    with pytest.raises(SystemExit, match='--jobs 0: expected 1 or more'):
+        lowdata.main(common + ['--jobs', '0'])
+
+
 def test_recipe_search_on_validation_in_two_parts_merged(three_splits, tmp_path, monkeypatch):
     """A grid run as two parts (as two processes would), merged: the report never scores test, compares the
     recipes side by side on validation with each row's best in bold, and names the parts it merged."""
