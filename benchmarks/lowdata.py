@@ -26,7 +26,7 @@ run on several machines). Examples::
     timm-astro import galaxy10-decals-sample <copy>/galaxy_type_dataset data/galaxy10_sample
     # the default: the k=30 cell, 8 models, 3 seeds, ~160 steps a run: about 50 min on 2 cores
     python benchmarks/lowdata.py --data-dir data/galaxy10_sample
-    # the full study: k = 10, 30 and all (~5 h on 2 cores)
+    # the full study: k = 10, 30 and all (~2.5 h on 2 cores)
     python benchmarks/lowdata.py --data-dir data/galaxy10_sample --shots 10 30 all
     python benchmarks/lowdata.py --data-dir synthetic --models resnet18@16 --shots 4 --seeds 0 --steps 4
 """
@@ -38,6 +38,7 @@ import os
 import re
 import statistics
 import sys
+import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -266,6 +267,8 @@ def render_plots(report: Dict[str, Any], base: Path) -> None:
             ys = [e['test_top1_d4']['mean'] for e in points]
             err = [e['test_top1_d4']['std'] for e in points]
             label = model if len(report['recipes']) == 1 else f'{model} ({recipe})'
+            if len(points[0]['seeds']) != len(s['seeds']):
+                label += f" ({len(points[0]['seeds'])} seed{'s' if len(points[0]['seeds']) > 1 else ''})"
             style = '-' if model.startswith('astroformer') else '--'
             ax.errorbar(xs, ys, yerr=err, marker='o', ls=style, capsize=3, label=label, color=f'C{i % 10}')
             if kind == 'cost':
@@ -276,8 +279,8 @@ def render_plots(report: Dict[str, Any], base: Path) -> None:
         ax.set_xlabel('labelled training images per class' if kind == 'shots' else
                       'training cost (CPU-seconds, log scale)')
         ax.set_ylabel('test top-1 with D4 averaging (%)')
-        ax.set_title(f"{s['data_name']}: mean ± std over {len(s['seeds'])} seeds, ~{s['steps']} steps per run",
-                     fontsize=9)
+        ax.set_title('\n'.join(textwrap.wrap(f"{s['data_name']}: mean ± std over {len(s['seeds'])} seeds, "
+                                             f"~{s['steps']} steps per run", 90)), fontsize=9)
         ax.grid(True, which='both', alpha=.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
