@@ -123,3 +123,30 @@ def test_hub_repo_missing_offline_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(UserError, match='hf-hub:nobody/nothing'):
         load_model('hf-hub:nobody/nothing', cache_dir=tmp_path)
+
+
+def test_weights_decide_the_w_form_of_a_full_resolution_checkpoint(tmp_path):
+    """A run trained with the Fourier W, when that was the default, records no rel_pos_type: loading and export read
+    the form from the weights, so it does not fail against today's default (the table)."""
+    torch.manual_seed(0)
+    fourier = timm.create_model('astroformer_small', num_classes=3, rel_pos_type='fourier', rel_pos_freqs=2).eval()
+    run = tmp_path / 'run'
+    run.mkdir()
+    args = dict(model='astroformer_small', num_classes=3, input_size=[3, 32, 32])
+    torch.save({'epoch': 1, 'arch': 'astroformer_small', 'state_dict': fourier.state_dict(),
+                'args': argparse.Namespace(**args)}, run / 'checkpoint.pth.tar')
+    loaded = load_model(str(run / 'checkpoint.pth.tar'))
+    assert _same(loaded, fourier) and type(loaded.stages[3].blocks[0].attn.rel_pos).__name__ == 'RelPosBiasFourier'
+
+    export = export_model(fourier, tmp_path / 'export')
+    assert json.loads((export / 'config.json').read_text())['model_args']['rel_pos_type'] == 'fourier'
+    assert _same(timm.create_model(f'local-dir:{export}', pretrained=True), fourier)
+
+    table = timm.create_model('astroformer_small', num_classes=3)
+    assert type(table.stages[3].blocks[0].attn.rel_pos).__name__ == 'RelPosBiasTable'  # today's default
+    none = timm.create_model('astroformer_small', num_classes=3, rel_pos_type='none')
+    for model, form in [(table, {'rel_pos_type': 'table'}), (none, {'rel_pos_type': 'none'})]:
+        torch.save(model.state_dict(), tmp_path / 'weights.pth')
+        assert _same(load_model('astroformer_small', tmp_path / 'weights.pth'), model)
+        assert json.loads((export_model(model, tmp_path / f"export_{form['rel_pos_type']}").joinpath(
+            'config.json')).read_text())['model_args']['rel_pos_type'] == form['rel_pos_type']

@@ -33,6 +33,7 @@ from timm.models._hub import generate_readme  # not re-exported by timm.models
 from timm_astro.environment import hub_endpoint_problem
 from timm_astro.errors import UserError
 from timm_astro.loading import existing_file, load_model, model_from_checkpoint, read_train_checkpoint
+from timm_astro.models.astroformer_fullres import AstroformerFullRes, w_form_kwargs
 from timm_astro.outputs import atomic_output_dir, check_output_location
 from timm_astro.version import __version__
 
@@ -297,6 +298,8 @@ def export_model(
                 model,
                 str(tmp),
                 model_config={'label_names': label_names} if label_names else None,
+                # config.json names the W form, so a later change of the family's default cannot misread it
+                model_args=w_form_kwargs(model.state_dict()) if isinstance(model, AstroformerFullRes) else None,
                 data_config=data_config,
                 safe_serialization=True,
             )

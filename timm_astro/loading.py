@@ -27,10 +27,11 @@ from safetensors import SafetensorError
 
 import timm
 from timm.data import resolve_data_config
-from timm.models import get_pretrained_cfg_value, load_state_dict
+from timm.models import get_pretrained_cfg_value, is_model_in_modules, load_state_dict
 
 import timm_astro  # noqa: F401  (registers the models before any name is looked up)
 from timm_astro.errors import UserError
+from timm_astro.models.astroformer_fullres import w_form_kwargs
 
 __all__ = ['load_model', 'TrainCheckpoint', 'read_train_checkpoint', 'model_from_checkpoint', 'check_finite']
 
@@ -276,6 +277,8 @@ def model_from_checkpoint(ckpt: TrainCheckpoint, model_name: Optional[str] = Non
         raise UserError(f'{source}: num_classes={num_classes} (from the train args) but the weights have {rows} '
                         f'outputs ({classifier}.weight)')
     kwargs = {**_factory_kwargs(args, source), **kwargs}
+    if is_model_in_modules(name, ['astroformer_fullres']):  # the W form the weights have, whatever the default
+        kwargs = {**w_form_kwargs(ckpt.state_dict), **kwargs}
     if kwargs.get('num_classes') is None and (num_classes is not None or rows is not None):
         kwargs['num_classes'] = int(num_classes) if num_classes is not None else rows
     what = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"

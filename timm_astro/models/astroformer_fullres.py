@@ -25,7 +25,7 @@ half the table's step time and a third of its memory there, where the table's gr
 its math path).
 """
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,7 @@ from timm_astro.layers.checks import check_image_batch, check_img_size, check_in
 from timm_astro.layers.relative_attention import RelativeAttention2d
 from timm_astro.models._factory import astroformer_pretrained_cfg, create_astroformer
 
-__all__ = ['AstroformerFullRes', 'AstroformerFullResCfg']
+__all__ = ['AstroformerFullRes', 'AstroformerFullResCfg', 'w_form_kwargs']
 
 
 @dataclass
@@ -314,6 +314,22 @@ class AstroformerFullRes(nn.Module):
         x = self.forward_features(x)
         x = self.forward_head(x)
         return x
+
+
+def w_form_kwargs(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """The ``rel_pos_type`` (and ``rel_pos_freqs``) that a full-resolution model's weights were trained with.
+
+    Weights do not name their W form, and the default changed from the Fourier form to the table: loaders and
+    exports read the form from the weights instead of trusting the current default.
+    """
+    for key, value in state_dict.items():
+        if key.endswith('attn.rel_pos.relative_position_frequencies'):
+            return {'rel_pos_type': 'fourier', 'rel_pos_freqs': int(value.shape[1])}
+        if key.endswith('attn.rel_pos.relative_position_bias_table'):
+            return {'rel_pos_type': 'table'}
+    if any('.attn.' in key for key in state_dict):  # S4 attention without any W
+        return {'rel_pos_type': 'none'}
+    return {}
 
 
 model_cfgs = dict(
