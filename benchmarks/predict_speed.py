@@ -17,6 +17,7 @@ many small images and reports each process's peak resident memory: flat if the s
         --catalogue-sizes 10000 100000
 """
 import argparse
+import importlib.util
 import json
 import re
 import statistics
@@ -138,6 +139,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--out-dir', type=Path, default=HERE / 'results')
     parser.add_argument('--name', default='predict_speed')
     args = parser.parse_args(argv)
+    if args.timm_scripts:
+        if not (args.timm_scripts / 'inference.py').is_file():
+            raise SystemExit(f'--timm-scripts {args.timm_scripts}: no inference.py there (a pytorch-image-models '
+                             'checkout is expected)')
+        if importlib.util.find_spec('pandas') is None:  # inference.py imports it; timm does not depend on it
+            raise SystemExit("--timm-scripts: timm's inference.py needs pandas (pip install pandas)")
 
     started = time.time()
     count = len(open_prediction_inputs(args.images))
