@@ -390,12 +390,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         write_text_atomic(md_path, render_markdown(report))
         return report
 
+    finished = itertools.count(1)  # runs done by this invocation, of the pending ones (resumed and merged runs apart)
+
     def record(key: Tuple[str, str, str, int], result: Dict[str, Any]) -> None:
         recipe_id, spec, shots, seed = key
         result['recipe'] = recipe_id
         runs.append(result)
         shown = result.get('test_top1_d4', result.get('validation_top1_d4'))
-        print(f"[{(time.time() - started) / 60:6.1f} min {len(runs)}/{len(plan)}] {spec} {recipe_id} k={shots} "
+        print(f"[{(time.time() - started) / 60:6.1f} min {next(finished)}/{len(pending)}] {spec} {recipe_id} k={shots} "
               f"seed {seed}: top-1 (D4) {shown:.1f}%, {result['steps']} steps, {result['train_cpu_s']:.0f} CPU-s",
               flush=True)
         write_report()

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from timm_astro.errors import UserError
 
-__all__ = ['TRAIN_DEFAULTS', 'IGNORED_KEYS', 'train_args', 'train_classifier', 'TrainResult']
+__all__ = ['TRAIN_DEFAULTS', 'IGNORED_KEYS', 'mixes', 'train_args', 'train_classifier', 'TrainResult']
 
 # The train.py options this loop implements, with train.py's own defaults (pytorch-image-models train.py).
 TRAIN_DEFAULTS: Dict[str, Any] = {
@@ -49,6 +49,12 @@ IGNORED_KEYS = {
     'checkpoint_hist', 'eval_metric', 'pin_mem', 'crop_pct', 'mean', 'std', 'interpolation', 'grad_accum_steps',
     'drop_block', 'pretrained', 'channels_last', 'torchcompile', 'grad_checkpointing', 'model_kwargs',
 }
+
+
+def mixes(recipe: Mapping[str, Any]) -> bool:
+    """Whether a recipe (train.py keys) mixes images, as train.py decides it: Mixup or CutMix pairs each image with
+    another, so the batch must be even."""
+    return (recipe.get('mixup') or 0) > 0 or (recipe.get('cutmix') or 0) > 0 or recipe.get('cutmix_minmax') is not None
 
 
 def train_args(recipe: Optional[Mapping[str, Any]] = None, **overrides: Any) -> argparse.Namespace:
@@ -81,8 +87,7 @@ def train_args(recipe: Optional[Mapping[str, Any]] = None, **overrides: Any) -> 
             continue
         if not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
             raise UserError(f'{key} must be in [0, 1{"]" if closed else ")"}, got {value!r}')
-    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-    if mixup_active and args.batch_size % 2:
+    if mixes(vars(args)) and args.batch_size % 2:
         raise UserError(f'batch_size must be even when mixup/cutmix is on (Mixup pairs each image with another), '
                         f'got {args.batch_size}')
     if not args.lr:
@@ -145,7 +150,7 @@ def train_classifier(
     if updates_per_epoch == 0:
         raise UserError(f'{len(dataset)} training images make no batch of {args.batch_size} (the last, incomplete '
                         f'batch is dropped, as in train.py): lower batch_size to at most {len(dataset)}')
-    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    mixup_active = mixes(vars(args))
     mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                   prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                   label_smoothing=args.smoothing, num_classes=num_classes) if mixup_active else None

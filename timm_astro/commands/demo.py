@@ -32,8 +32,9 @@ from timm_astro.data.synthetic_galaxies import CLASS_NAMES, LABEL_NAMES, MAX_IMA
 from timm_astro.errors import UserError
 from timm_astro.outputs import atomic_output_dir, check_output_location
 from timm_astro.recipes import LOWDATA_GALAXY_RECIPE
+from timm_astro.training import mixes
 
-MIXUP = LOWDATA_GALAXY_RECIPE.get('mixup', 0) > 0 or LOWDATA_GALAXY_RECIPE.get('cutmix', 0) > 0
+MIXUP = mixes(LOWDATA_GALAXY_RECIPE)
 
 PROG = 'timm-astro demo'
 CREATED_BY = 'timm-astro demo'
