@@ -21,7 +21,7 @@ Runs go side by side in ``--jobs`` single-threaded processes (one per core by de
 one run on every thread). Writes ``<out-dir>/<name>.json`` (every run), ``<name>.md`` (tables: mean ± std over
 seeds) and ``<name>_shots.png`` / ``<name>_cost.png`` (accuracy against images per class, and against training
 cost); ``--resume`` skips runs already in the JSON, ``--merge`` adds the runs of other JSONs (parts of one study
-run on several machines). Examples::
+run on several machines) and ``--report-only`` reports them without training the cells they lack. Examples::
 
     timm-astro import galaxy10-decals-sample <copy>/galaxy_type_dataset data/galaxy10_sample
     # the default: the k=30 cell, 8 models, 3 seeds, ~160 steps a run: about 50 min on 2 cores
@@ -321,6 +321,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--resume', action='store_true', help='keep the runs already in the JSON, run the rest')
     parser.add_argument('--merge', nargs='*', type=Path, default=[],
                         help='also report the runs of these JSON files (e.g. parts of one study run in parallel)')
+    parser.add_argument('--report-only', action='store_true',
+                        help='train nothing: report the runs of --merge (and --resume); k, seeds and models are '
+                             "those runs', whatever --shots, --seeds and --models say")
     parser.add_argument('--no-plot', action='store_true')
     args = parser.parse_args(argv)
 
@@ -344,9 +347,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     train_full = create_dataset('', root=str(data_root), split='train')
     by_class = class_indices(train_full)
     smallest = min(len(v) for v in by_class.values())
-    shot_counts = {shot: smallest if shot == 'all' else int(shot) for shot in args.shots}
-    if any(count > smallest for count in shot_counts.values()):
-        raise SystemExit(f'--shots {args.shots}: the smallest class has only {smallest} training images')
 
     out_base = args.out_dir / args.name
     # appended, not with_suffix: a name such as part_lr0.001 keeps its dot
@@ -364,6 +364,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         runs += [r for r in merged['runs'] if (r['recipe'], r['model'], r['shots'], r['seed']) not in known]
         parts.append({'file': part.name, 'command': merged['command'], 'wall_time_s': merged['wall_time_s'],
                       'runs': len(merged['runs'])})
+    if args.report_only:
+        if not runs:
+            raise SystemExit('--report-only reports earlier runs: give --merge FILES (or --resume with --name)')
+        args.shots = sorted({r['shots'] for r in runs}, key=lambda k: float('inf') if k == 'all' else int(k))
+        args.seeds = sorted({r['seed'] for r in runs})
+        args.models = list(dict.fromkeys(r['model'] for r in runs))
+    shot_counts = {shot: smallest if shot == 'all' else int(shot) for shot in args.shots}
+    if any(count > smallest for count in shot_counts.values()):
+        raise SystemExit(f'--shots {args.shots}: the smallest class has only {smallest} training images')
     done = {(r['recipe'], r['model'], r['shots'], r['seed']) for r in runs}
     meta_path = data_root / 'dataset.json'
     data_name = json.loads(meta_path.read_text()).get('title', data_root.name) if meta_path.exists() \
@@ -372,7 +381,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     plan = [(recipe_id, spec, shots, seed) for shots in args.shots for seed in args.seeds
             for recipe_id in recipes for spec in args.models]
     pending = [(recipe_id, spec, shots, seed) for recipe_id, spec, shots, seed in plan
-               if (recipe_id, spec, shots, seed) not in done]
+               if (recipe_id, spec, shots, seed) not in done and not args.report_only]
 
     def write_report() -> Dict[str, Any]:
         report = {

@@ -56,6 +56,16 @@ def test_study_writes_json_markdown_and_both_plots(three_splits, tmp_path, monke
         '--shots', '2', 'all', '--seeds', '0', '1', '--steps', '2', '--set', 'batch_size=4', 'epochs=1',
         '--out-dir', str(tmp_path), '--name', 'smoke', '--resume', '--no-plot'])
     assert again['runs'] == report['runs']
+    # --report-only trains none of the cells the merged runs lack; k, seeds and models are the runs'
+    reported = lowdata.main([
+        '--data-dir', str(three_splits), '--models', 'convnext_atto@16', '--shots', '3', '--seeds', '5',
+        '--out-dir', str(tmp_path), '--name', 'reported', '--merge', str(tmp_path / 'smoke.json'), '--report-only',
+        '--no-plot'])
+    assert reported['runs'] == report['runs'] and reported['summary'] == report['summary']
+    assert reported['settings']['shots'] == ['2', 'all'] and reported['settings']['seeds'] == [0, 1]
+    assert reported['settings']['models'] == ['resnet18@16', 'astroformer_small[rel_pos_type=none]@16']
+    with pytest.raises(SystemExit, match='--report-only reports earlier runs'):
+        lowdata.main(['--data-dir', str(three_splits), '--out-dir', str(tmp_path), '--name', 'none', '--report-only'])
 
 
 def test_jobs_run_side_by_side_and_score_as_one_process_does(three_splits, tmp_path, monkeypatch):
