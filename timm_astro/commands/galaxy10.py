@@ -53,8 +53,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error argparse has already printed
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    except SystemExit as e:  # --help (0), or a usage error argparse has already printed (2)
+        return int(e.code or 0)
 
     def run() -> None:
         result = prepare_galaxy10(

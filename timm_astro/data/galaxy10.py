@@ -15,7 +15,6 @@ h5py is an optional dependency (``pip install 'timm-astro[data]'``); it is impor
 read, so ``import timm_astro`` never needs it.
 """
 import hashlib
-import json
 import os
 import re
 import sys
@@ -77,7 +76,6 @@ MANIFEST_COLUMNS = ('index', 'label', 'class_name', 'split') + METADATA_KEYS + (
 CREATED_BY = 'timm-astro galaxy10 prepare'
 H5PY_HINT = "h5py is needed to read Galaxy10 HDF5 files: pip install 'timm-astro[data]' (or: pip install h5py)"
 IMAGE_FORMATS = {'png': ('PNG', '.png', {}), 'jpeg': ('JPEG', '.jpg', {'quality': 95, 'subsampling': 0})}
-DEFAULT_CHUNK_BYTES = 16 * 2 ** 20
 
 
 class Galaxy10Error(UserError):
@@ -112,28 +110,12 @@ def class_folder_name(label: int, class_name: str) -> str:
     return f'{label}_{slug}'
 
 
-def _check_arguments(val_fraction: float, test_fraction: float, seed: int, split: Optional[str] = None) -> None:
-    """Refuse bad split arguments before the file is opened (the same rules ``stratified_split`` applies)."""
-    stratified_split((), val_fraction, test_fraction, seed)
-    if split is not None and split not in SPLITS:
-        raise Galaxy10Error(f"split must be None, 'train', 'validation' or 'test', got {split!r}")
-    if split == 'test' and not test_fraction:
-        raise Galaxy10Error("split='test' needs test_fraction > 0 (the fraction prepare --test-fraction used)")
-
-
 def _import_h5py():
     try:
         import h5py
     except ImportError as e:
         raise MissingDependency(H5PY_HINT) from e
     return h5py
-
-
-@dataclass
-class _H5Info:
-    variant: Galaxy10Variant
-    labels: np.ndarray  # int64, one per image
-    num_images: int
 
 
 def _open_h5(path: Path):
@@ -204,8 +186,8 @@ def _read_labels(ans, num_images: int, num_classes: int, path: Path) -> np.ndarr
     return labels
 
 
-def _inspect(path: Path) -> _H5Info:
-    """Check keys, shapes, dtypes and label range, and read the labels; reads no image data."""
+def _inspect(path: Path) -> Tuple[Galaxy10Variant, np.ndarray]:
+    """Check keys, shapes, dtypes and label range; returns the variant and the labels (int64). Reads no image."""
     with _open_h5(path) as f:
         images = _dataset(f, IMAGES_KEY, path)
         ans = _dataset(f, LABELS_KEY, path)
@@ -215,7 +197,7 @@ def _inspect(path: Path) -> _H5Info:
             if key in f and tuple(f[key].shape) != (images.shape[0],):
                 raise Galaxy10Error(
                     f'{path}: {key!r} has shape {tuple(f[key].shape)}; expected ({images.shape[0]},), one per image')
-    return _H5Info(variant=variant, labels=labels, num_images=int(images.shape[0]))
+    return variant, labels
 
 
 class Galaxy10Dataset(torch.utils.data.Dataset):
@@ -239,22 +221,24 @@ class Galaxy10Dataset(torch.utils.data.Dataset):
             target_transform: Optional[Callable] = None,
     ):
         split = {'val': 'validation', 'valid': 'validation'}.get(split, split)
-        _check_arguments(val_fraction, test_fraction, seed, split)
+        stratified_split((), val_fraction, test_fraction, seed)  # bad split arguments are refused before the file
+        if split is not None and split not in SPLITS:
+            raise Galaxy10Error(f"split must be None, 'train', 'validation' or 'test', got {split!r}")
+        if split == 'test' and not test_fraction:
+            raise Galaxy10Error("split='test' needs test_fraction > 0 (the fraction prepare --test-fraction used)")
         for name, fn in (('transform', transform), ('target_transform', target_transform)):
             if fn is not None and not callable(fn):
                 raise Galaxy10Error(f'{name} must be callable (e.g. timm.data.create_transform(...)), got {fn!r}')
         self.path = Path(path)
-        info = _inspect(self.path)
-        self.variant = info.variant
-        self.classes: List[str] = list(info.variant.class_names)
+        self.variant, labels = _inspect(self.path)
+        self.classes: List[str] = list(self.variant.class_names)
         self.class_to_idx: Dict[str, int] = {name: i for i, name in enumerate(self.classes)}
         if split is None:
-            self.indices = np.arange(info.num_images)
+            self.indices = np.arange(len(labels))
         else:
-            splits = stratified_split(info.labels, val_fraction, test_fraction, seed)
-            self.indices = np.flatnonzero(splits == split)
+            self.indices = np.flatnonzero(stratified_split(labels, val_fraction, test_fraction, seed) == split)
         self.split = split
-        self.targets: List[int] = info.labels[self.indices].tolist()
+        self.targets: List[int] = labels[self.indices].tolist()
         self.transform = transform
         self.target_transform = target_transform
         self._file = None
@@ -284,10 +268,7 @@ class Galaxy10Dataset(torch.utils.data.Dataset):
     def metadata(self) -> Dict[str, List[str]]:
         """The file's per-image columns (ra, dec, redshift, pxscale) for this dataset's images, as text ('' where
         the file has no such column), plus ``index``, each image's row in the file."""
-        columns = _read_metadata(self.path, len(self.targets) and int(self.indices.max()) + 1)
-        out = {'index': [str(i) for i in self.indices.tolist()]}
-        out.update({key: [values[i] for i in self.indices.tolist()] for key, values in columns.items()})
-        return out
+        return {'index': [str(i) for i in self.indices.tolist()], **_read_metadata(self.path, self.indices)}
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -330,28 +311,14 @@ def _check_sha256(path: Path, expected: str, variant: Galaxy10Variant, progress:
             f'incomplete or a different file')
 
 
-def _is_previous_output(out_dir: Path) -> bool:
-    """An output of an earlier version, which recorded itself in dataset.json only."""
-    try:
-        return json.loads((out_dir / 'dataset.json').read_text()).get('created_by') == CREATED_BY
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _check_out_dir(out_dir: Path, h5_path: Path, overwrite: bool) -> None:
-    if out_dir.resolve() in h5_path.resolve().parents:
-        raise Galaxy10Error(f'{out_dir}: contains the input file {h5_path}; choose an output directory elsewhere')
-    check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY, is_own=_is_previous_output)
-
-
-def _read_metadata(path: Path, num_images: int) -> Dict[str, List[str]]:
-    """The manifest's per-image metadata columns as text ('' where the file lacks a column)."""
+def _read_metadata(path: Path, indices: np.ndarray) -> Dict[str, List[str]]:
+    """The per-image metadata columns of the images ``indices``, as text ('' where the file lacks a column)."""
     columns = {}
     with _open_h5(path) as f:
         for key in METADATA_KEYS:
             try:
                 # str() of a numpy scalar is its shortest round-trip form for its own dtype (float32 stays short)
-                columns[key] = [str(v) for v in f[key][()]] if key in f else [''] * num_images
+                columns[key] = [str(v) for v in f[key][()][indices]] if key in f else [''] * len(indices)
             except OSError as e:
                 raise Galaxy10Error(f'{path}: cannot read {key!r} ({e})') from None
     return columns
@@ -371,64 +338,57 @@ def _save_image(array: np.ndarray, path: str, pil_format: str, options: dict) ->
 
 
 def _write_tree(
-        tmp_dir: Path, h5_path: Path, info: _H5Info, splits: np.ndarray, image_format: str,
-        workers: int, chunk_bytes: int, progress: bool, settings: Dict[str, object],
+        tmp_dir: Path, h5_path: Path, variant: Galaxy10Variant, labels: np.ndarray, splits: np.ndarray,
+        image_format: str, workers: int, chunk_bytes: int, progress: bool, settings: Dict[str, object],
 ) -> Dict[str, int]:
     from tqdm import tqdm
-    variant = info.variant
     pil_format, ext, options = IMAGE_FORMATS[image_format]
-    width = max(5, len(str(info.num_images - 1)))
+    num_images = len(labels)
+    width = max(5, len(str(num_images - 1)))
     used_splits = [split for split in SPLITS if split != 'test' or settings['test_fraction']]
     files = [
         f'{split}/{variant.class_folders[label]}/{index:0{width}d}{ext}'
-        for index, (split, label) in enumerate(zip(splits, info.labels))]
+        for index, (split, label) in enumerate(zip(splits, labels))]
     for split in used_splits:
         for folder in variant.class_folders:
             (tmp_dir / split / folder).mkdir(parents=True)
-    metadata = _read_metadata(h5_path, info.num_images)
+    metadata = _read_metadata(h5_path, np.arange(num_images))
 
-    pool = ThreadPoolExecutor(workers, thread_name_prefix='galaxy10') if workers > 1 else None
+    pool = ThreadPoolExecutor(workers, thread_name_prefix='galaxy10')
     try:
         with _open_h5(h5_path) as f, tqdm(
-                total=info.num_images, unit='img', desc=variant.name, file=sys.stderr,
+                total=num_images, unit='img', desc=variant.name, file=sys.stderr,
                 disable=None if progress else True) as bar:
             images = f[IMAGES_KEY]
             per_read = _read_chunk_size(images, int(np.prod(images.shape[1:])), chunk_bytes)
-            buffer = np.empty((min(per_read, info.num_images),) + images.shape[1:], dtype=np.uint8)  # reused
-            for start in range(0, info.num_images, per_read):
-                stop = min(start + per_read, info.num_images)
+            buffer = np.empty((min(per_read, num_images),) + images.shape[1:], dtype=np.uint8)  # reused
+            for start in range(0, num_images, per_read):
+                stop = min(start + per_read, num_images)
                 block = buffer[:stop - start]
                 try:
                     images.read_direct(block, np.s_[start:stop], np.s_[0:stop - start])
                 except OSError as e:
                     raise Galaxy10Error(f'{h5_path}: cannot read images {start}-{stop - 1} ({e})') from None
                 paths = [str(tmp_dir / files[i]) for i in range(start, stop)]
-                save = lambda i: _save_image(block[i], paths[i], pil_format, options)  # noqa: E731
-                if pool is None:
-                    for i in range(len(paths)):
-                        save(i)
-                else:
-                    list(pool.map(save, range(len(paths))))
+                list(pool.map(lambda i: _save_image(block[i], paths[i], pil_format, options), range(len(paths))))
                 bar.update(stop - start)
     finally:
-        if pool is not None:
-            # no thread may still be writing when the caller removes the temporary directory
-            pool.shutdown(wait=True, cancel_futures=True)
+        # no thread may still be writing when the caller removes the temporary directory
+        pool.shutdown(wait=True, cancel_futures=True)
 
     rows = ([index, label, variant.class_names[label], splits[index]] + [metadata[key][index] for key in METADATA_KEYS]
-            + [files[index]] for index, label in enumerate(info.labels.tolist()))
-    counts = write_dataset_files(tmp_dir, MANIFEST_COLUMNS, rows, variant.class_names, variant.class_folders,
-                                 info.labels, splits, {
-                                     'created_by': CREATED_BY,
-                                     'dataset': variant.name,
-                                     'source': h5_path.name,
-                                     'num_images': info.num_images,
-                                     'num_classes': len(variant.class_names),
-                                     'image_size': [variant.image_size, variant.image_size],
-                                     'format': image_format,
-                                     **settings,
-                                 })
-    return counts
+            + [files[index]] for index, label in enumerate(labels.tolist()))
+    return write_dataset_files(tmp_dir, MANIFEST_COLUMNS, rows, variant.class_names, variant.class_folders, labels,
+                               splits, {
+                                   'created_by': CREATED_BY,
+                                   'dataset': variant.name,
+                                   'source': h5_path.name,
+                                   'num_images': num_images,
+                                   'num_classes': len(variant.class_names),
+                                   'image_size': [variant.image_size, variant.image_size],
+                                   'format': image_format,
+                                   **settings,
+                               })
 
 
 @dataclass
@@ -450,7 +410,7 @@ def prepare_galaxy10(
         sha256: Optional[str] = None,
         overwrite: bool = False,
         workers: Optional[int] = None,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: int = 16 * 2 ** 20,
         progress: bool = True,
 ) -> PrepareResult:
     """Write the ImageFolder, manifest and class names for a Galaxy10 HDF5 file into ``out_dir``.
@@ -465,15 +425,16 @@ def prepare_galaxy10(
     h5_path, out_dir = Path(h5_path), Path(out_dir)
     if image_format not in IMAGE_FORMATS:
         raise Galaxy10Error(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
-    _check_arguments(val_fraction, test_fraction, seed)
     workers = workers or min(8, os.cpu_count() or 1)
-    _import_h5py()
-    info = _inspect(h5_path)
-    _check_out_dir(out_dir, h5_path, overwrite)
+    variant, labels = _inspect(h5_path)
+    splits = stratified_split(labels, val_fraction, test_fraction, seed)
+    if out_dir.resolve() in h5_path.resolve().parents:
+        raise Galaxy10Error(f'{out_dir}: contains the input file {h5_path}; choose an output directory elsewhere')
+    check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY)
     if sha256:
-        _check_sha256(h5_path, sha256, info.variant, progress)
-    splits = stratified_split(info.labels, val_fraction, test_fraction, seed)
+        _check_sha256(h5_path, sha256, variant, progress)
     settings = {'val_fraction': val_fraction, 'test_fraction': test_fraction, 'seed': seed}
-    with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite, is_own=_is_previous_output) as tmp_dir:
-        counts = _write_tree(tmp_dir, h5_path, info, splits, image_format, workers, chunk_bytes, progress, settings)
-    return PrepareResult(info.variant, out_dir, info.num_images, counts, time.monotonic() - start_time)
+    with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite) as tmp_dir:
+        counts = _write_tree(
+            tmp_dir, h5_path, variant, labels, splits, image_format, workers, chunk_bytes, progress, settings)
+    return PrepareResult(variant, out_dir, len(labels), counts, time.monotonic() - start_time)
