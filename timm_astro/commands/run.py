@@ -1,18 +1,17 @@
 """Run one of timm's scripts (train.py, validate.py, benchmark.py, inference.py) with the Astroformer models registered.
 
-timm's scripts live in the pytorch-image-models repository, not in the timm wheel. train.py can import a plugin
-itself (``--device-modules timm_astro``, or ``device_modules: [timm_astro]`` in a ``--config`` YAML), but
-validate.py, benchmark.py and inference.py have no such option. This runner imports timm_astro and runs the unchanged
-script once, as ``__main__``::
+timm's scripts live in the pytorch-image-models repository, not in the timm wheel, and only train.py can import a
+plugin itself (``--device-modules timm_astro``). This runner imports timm_astro and runs the unchanged script once, as
+``__main__``::
 
     python -m timm_astro run pytorch-image-models/train.py DATA_DIR --config train_configs/galaxy10_astroformer_3.yaml
     timm-astro run pytorch-image-models/validate.py DATA_DIR --split validation --model astroformer_3 --checkpoint ...
     torchrun --nproc_per_node 8 -m timm_astro run pytorch-image-models/train.py DATA_DIR --config ...
 
-While it runs, the arguments its own parser returns (train.py's --config applied) are checked before the script
-goes on: the model name, the data folder as timm's ``create_dataset`` reads it, num_classes against its classes,
-and config keys the script would silently ignore. ``--no-check`` skips that. For timm's own scripts, arguments the
-checks rely on that have gone missing stop the run: the checks then no longer fit the script.
+The arguments the script's own parser returns (train.py's --config applied) are checked before the script goes on:
+the model name, the data folder as timm's ``create_dataset`` reads it, num_classes against its classes, and config
+keys the script would silently ignore (``--no-check`` skips this). One of timm's scripts that lacks an argument the
+checks read stops the run: the checks no longer fit it.
 """
 import argparse
 import contextlib
@@ -20,9 +19,11 @@ import difflib
 import os
 import runpy
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import yaml
+
+from timm_astro.commands import say_error
 
 __all__ = ['main', 'check_args', 'EXTRA_CONFIG_KEYS']
 
@@ -50,10 +51,6 @@ timm's scripts are not in the timm wheel: check out https://github.com/huggingfa
 matching the installed timm (git clone --branch v<TIMM_VERSION> ...) and pass the path of its script."""
 
 
-def _error(msg: str) -> None:
-    print(f'{_PROG}: error: {msg}', file=sys.stderr)
-
-
 def _is_primary() -> bool:
     """Only rank 0 prints warnings when launched by torchrun (errors are printed by every process)."""
     return os.environ.get('RANK', '0') == '0'
@@ -68,9 +65,9 @@ def _check_model(name: Any, args: argparse.Namespace) -> List[str]:
         return []  # hub / local-dir names, wildcards and model-list files are the script's business
     if timm.is_model(name):
         return []
-    close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(timm.models.get_arch_name(name), timm.list_models(), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ''
-    ours = ', '.join(timm.list_models('astroformer*')) or 'none (the models failed to register)'
+    ours = ', '.join(timm.list_models('astroformer*'))
     return [f'unknown model {name!r}: timm has no model of that name.{hint} Astroformer models: {ours}.']
 
 
@@ -78,16 +75,14 @@ def _read_split(dataset: str, root: str, split: str, class_map: str) -> Tuple[st
     """The folder and class index timm's own ``create_dataset`` (as the scripts call it) gives for ``split``."""
     from timm.data import create_dataset
     try:
-        ds = create_dataset(dataset, root=root, split=split, class_map=class_map)
-    except RuntimeError as e:
-        if 'Found 0 images' not in str(e):
-            raise ValueError(f'timm cannot read {root!r} (split {split!r}): {e}') from None
-        folder = str(e).split('subfolders of ')[-1].split('. Supported')[0]
-        raise ValueError(f'no images found under {folder} (expected {os.path.join(folder, "<class name>")}/*.png).')
-    except (OSError, ValueError, AssertionError) as e:
+        reader = create_dataset(dataset, root=root, split=split, class_map=class_map).reader
+    except (RuntimeError, OSError, ValueError, AssertionError) as e:
+        folder = str(e).partition('Found 0 images in subfolders of ')[2].partition('. Supported')[0]
+        if folder:
+            raise ValueError(f'no images found under {folder} (expected {os.path.join(folder, "<class name>")}/*.png).')
         raise ValueError(f'timm cannot read {root!r} (split {split!r}): {e}') from None
-    reader = getattr(ds, 'reader', ds)  # timm's ImageDataset, or torchvision's ImageFolder for 'folder'
-    return str(getattr(reader, 'root', root)), dict(reader.class_to_idx)
+    # a folder is read by timm's ReaderImageFolder, a .tar file by its ReaderImageInTar
+    return reader.root, dict(getattr(reader, 'class_to_idx', None) or reader.class_name_to_idx)
 
 
 def _check_data(args: argparse.Namespace, label_names: Optional[Sequence[str]]) -> Tuple[List[str], List[str]]:
@@ -143,14 +138,11 @@ def _check_data(args: argparse.Namespace, label_names: Optional[Sequence[str]]) 
                           f'fix the {"class map" if class_map else "folder"}.')
     if len(found) == 2 and not class_map:
         (split_a, (_, classes_a)), (split_b, (_, classes_b)) = found.items()
-        if len(classes_a) != len(classes_b):
-            if num_classes is None:  # otherwise already reported against num_classes
-                errors.append(f'{split_a!r} has {len(classes_a)} class folders but {split_b!r} has '
-                              f'{len(classes_b)}: timm numbers classes by sorted folder name, so labels would not '
-                              f'line up.')
-        elif classes_a != classes_b:
-            errors.append(f'the {split_a!r} and {split_b!r} class folders have different names, so their labels '
-                          f'would not line up: {sorted(set(classes_a) ^ set(classes_b))[:6]}.')
+        # a different count with num_classes given is already reported against num_classes
+        if classes_a != classes_b and (num_classes is None or len(classes_a) == len(classes_b)):
+            errors.append(f'the {split_a!r} and {split_b!r} class folders differ ({len(classes_a)} and '
+                          f'{len(classes_b)} folders, not in both: {sorted(set(classes_a) ^ set(classes_b))[:6]}): '
+                          f'timm numbers classes by sorted folder name, so their labels would not line up.')
     if label_names is not None and num_classes is not None and len(label_names) != num_classes:
         errors.append(f'label_names has {len(label_names)} names but num_classes is {num_classes}.')
     return errors, warnings
@@ -186,7 +178,8 @@ def check_args(
     return errors, warnings
 
 
-def _read_config(path: str) -> Dict[str, Any]:
+def _check_config(path: str) -> None:
+    """A missing or broken --config file is said in one line (the script would end in a traceback)."""
     try:
         with open(path, encoding='utf-8') as f:
             config = yaml.safe_load(f) or {}
@@ -196,12 +189,11 @@ def _read_config(path: str) -> Dict[str, Any]:
         raise ValueError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(config, dict):
         raise ValueError(f'config file {path!r} must be a mapping of option names to values.')
-    return config
 
 
 def _stop(script: str, errors: Sequence[str]) -> None:
     for msg in errors:
-        _error(msg)
+        say_error(_PROG, msg)
     print(f'{_PROG}: not starting {os.path.basename(script)}; --no-check skips these checks.', file=sys.stderr)
     raise SystemExit(2)
 
@@ -232,7 +224,7 @@ def _checked_parsing(script: str) -> Iterator[Dict[str, Any]]:
             return parsed, extras
         if isinstance(getattr(parsed, 'config', None), str) and parsed.config and not hasattr(parsed, 'model'):
             try:
-                _read_config(parsed.config)  # the script reads it next: a missing or broken file is ours to say
+                _check_config(parsed.config)  # the script reads it next
             except ValueError as e:
                 _stop(script, [str(e)])
         if hasattr(parsed, 'model'):
@@ -256,30 +248,22 @@ def _checked_parsing(script: str) -> Iterator[Dict[str, Any]]:
         parser_cls.parse_known_args, parser_cls.set_defaults = real_parse, real_set_defaults
 
 
-@contextlib.contextmanager
-def _as_script(script: str, script_argv: List[str]) -> Iterator[None]:
-    """Set ``sys.argv`` and ``sys.path[0]`` as ``python SCRIPT ARGS`` would (restored on exit)."""
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
-    sys.argv = [script] + list(script_argv)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    try:
-        yield
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
-
-
 def run_script(script: str, script_argv: List[str], check: bool = True) -> int:
-    """Run ``script`` as ``__main__``, like ``python SCRIPT ARGS``, checking its arguments; returns its exit code."""
-    watch: Callable[[str], Any] = _checked_parsing if check else (lambda s: contextlib.nullcontext({}))
-    with watch(script) as state:
+    """Run ``script`` as ``__main__``, like ``python SCRIPT ARGS`` (its sys.argv and sys.path[0], restored after),
+    checking its arguments; returns its exit code."""
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [script, *script_argv]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    with _checked_parsing(script) if check else contextlib.nullcontext({}) as state:
         try:
-            with _as_script(script, script_argv):
-                runpy.run_path(script, run_name='__main__')
+            runpy.run_path(script, run_name='__main__')
             code = 0
         except SystemExit as e:
             if e.code is not None and not isinstance(e.code, int):
                 print(e.code, file=sys.stderr)
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            sys.argv, sys.path[:] = saved_argv, saved_path
     if check and not state['checked'] and os.path.basename(script) in SCRIPT_ARGUMENTS and _is_primary():
         print(f'{_PROG}: warning: {script} never parsed a --model argument with argparse, so nothing was checked: '
               f'it no longer looks like timm\'s {os.path.basename(script)}.', file=sys.stderr)
@@ -303,14 +287,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             state = f'is a folder, not a script{f" (did you mean {inside}?)" if os.path.isfile(inside) else ""}'
         else:
             state = 'not found'
-        _error(f"{script}: {state}. timm's scripts are not part of the timm wheel: check out "
-               f'https://github.com/huggingface/pytorch-image-models at tag v{timm.__version__} and pass the path '
-               f'of its train.py, validate.py, benchmark.py or inference.py.')
-        return 2
+        return say_error(_PROG, f"{script}: {state}. timm's scripts are not part of the timm wheel: check out "
+                                f'https://github.com/huggingface/pytorch-image-models at tag v{timm.__version__} and '
+                                f'pass the path of its train.py, validate.py, benchmark.py or inference.py.')
 
     import timm_astro  # noqa: F401  (registers the models before the script builds one)
     return run_script(script, script_argv, check)
-
-
-if __name__ == '__main__':
-    sys.exit(main())
