@@ -341,3 +341,14 @@ def test_python_dash_m(train_like: Path, data: Path, tmp_path: Path):
         capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())['registered'] is True
+
+
+def test_tar_data_root_is_read_as_timm_reads_it(train_like: Path, tmp_path: Path, capsys):
+    """A .tar of class folders (timm's ReaderImageInTar, which names its index class_name_to_idx) is checked too."""
+    import tarfile
+    folder = _image_folder(tmp_path / 'd', splits=('train',))
+    with tarfile.open(tmp_path / 'train.tar', 'w') as tar:
+        tar.add(folder / 'train', arcname='.')
+    code, err = _run([str(train_like), str(tmp_path / 'train.tar'), '--model', 'astroformer_small',
+                      '--num-classes', '10'], capsys)
+    assert code == 2 and 'num_classes is 10' in err and '2 class folders' in err
