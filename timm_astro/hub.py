@@ -32,8 +32,7 @@ from timm.models._hub import generate_readme  # not re-exported by timm.models
 
 from timm_astro.environment import hub_endpoint_problem
 from timm_astro.errors import UserError
-from timm_astro.loading import existing_file, load_model, model_from_checkpoint, read_train_checkpoint
-from timm_astro.models.astroformer_fullres import AstroformerFullRes, w_form_kwargs
+from timm_astro.loading import existing_file, load_model, model_from_checkpoint, read_train_checkpoint, w_form
 from timm_astro.outputs import atomic_output_dir, check_output_location
 from timm_astro.version import __version__
 
@@ -62,6 +61,11 @@ RECIPE_KEYS = (
     'mixup_prob', 'smoothing', 'drop', 'drop_path', 'model_ema', 'model_ema_decay', 'amp', 'amp_dtype', 'seed',
     'model_kwargs',
 )
+
+
+# the model card's names for read_summary's metrics (any other metric a caller passes is shown under its own name)
+METRIC_LABELS = {'top1': 'Top-1 (%)', 'top5': 'Top-5 (%)', 'checkpoint_epoch': 'These weights are from epoch',
+                 'checkpoint_top1': 'Top-1 at that epoch (%)', 'checkpoint_top5': 'Top-5 at that epoch (%)'}
 
 
 class HubError(UserError):
@@ -110,12 +114,9 @@ def read_summary(path: PathLike, eval_metric: str = 'top1', epoch: Optional[int]
 
 
 def _dataset_name(args: Mapping[str, Any]) -> Optional[str]:
-    name = args.get('dataset') or None
-    if isinstance(name, str):
-        for prefix in ('torch/', 'tfds/', 'hfds/', 'hfids/', 'wds/'):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-    return name or None
+    """train.py's ``dataset`` without timm's reader prefix (``torch/``, ``hfds/``, ...)."""
+    name = args.get('dataset')
+    return (re.sub(r'^(?:torch|tfds|hfds|hfids|wds)/', '', name) or None) if isinstance(name, str) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,7 +163,8 @@ def _model_card(
         )
     details: Dict[str, Any] = {
         'Model Type': 'Image classification',
-        'Architecture': f'`{arch}`' + (f" (model args: {json.dumps(config['model_args'])})" if config.get('model_args') else ''),
+        'Architecture': f'`{arch}`' + (
+            f" (model args: {json.dumps(config['model_args'])})" if config.get('model_args') else ''),
         'Model Stats': {
             'Params (M)': f'{num_params / 1e6:.2f}',
             'Image size': f'{width} x {height}',
@@ -177,10 +179,8 @@ def _model_card(
             'Std': _fmt(pcfg.get('std')),
         },
     }
-    if config.get('label_names'):
-        names = [str(n) for n in (config['label_names'].values() if isinstance(config['label_names'], dict)
-                                  else config['label_names'])]
-        details['Labels'] = ', '.join(f'{i}: {n}' for i, n in enumerate(names))
+    if config.get('label_names'):  # export_model writes them as a list of strings
+        details['Labels'] = ', '.join(f'{i}: {n}' for i, n in enumerate(config['label_names']))
     if dataset:
         details['Dataset'] = dataset
     if is_astroformer:
@@ -192,20 +192,13 @@ def _model_card(
     if metrics:
         shown: Dict[str, str] = {}
         if 'epoch' in metrics:
-            epoch = str(metrics['epoch'])
-            if 'epochs' in metrics:
-                epoch += f" (of {metrics['epochs']} epochs logged, numbered from 0; chosen by {metrics.get('eval_metric', 'top1')})"
-            shown['Best epoch'] = epoch
-        for key, label in (('top1', 'Top-1 (%)'), ('top5', 'Top-5 (%)')):
-            if key in metrics:
-                shown[label] = _pct(metrics[key])
-        if 'checkpoint_epoch' in metrics:  # e.g. last.pth.tar: not the best epoch's weights
-            shown['These weights are from epoch'] = str(metrics['checkpoint_epoch'])
-            for key, label in (('checkpoint_top1', 'Top-1 at that epoch (%)'), ('checkpoint_top5', 'Top-5 at that epoch (%)')):
-                if key in metrics:
-                    shown[label] = _pct(metrics[key])
-        for key, value in metrics.items():  # anything else a caller passed, as given
-            if key not in ('top1', 'top5', 'epoch', 'epochs', 'eval_metric', 'loss') and not key.startswith('checkpoint_'):
+            shown['Best epoch'] = str(metrics['epoch']) + (
+                f" (of {metrics['epochs']} epochs logged, numbered from 0; chosen by "
+                f"{metrics.get('eval_metric', 'top1')})" if 'epochs' in metrics else '')
+        for key, value in metrics.items():  # checkpoint_*: e.g. last.pth.tar, not the best epoch's weights
+            if key in METRIC_LABELS:
+                shown[METRIC_LABELS[key]] = str(value) if key == 'checkpoint_epoch' else _pct(value)
+            elif key not in ('epoch', 'epochs', 'eval_metric', 'loss'):  # anything else a caller passed, as given
                 shown[str(key)] = _fmt(value)
         details['Validation results (train.py summary.csv)' if 'epochs' in metrics else 'Results'] = shown
     if train_args:
@@ -240,7 +233,8 @@ print([(label_names[i] if label_names else int(i), float(p)) for p, i in zip(top
 ```
 """
     card = {
-        'tags': ['image-classification', 'timm', 'timm-astro'] + (['astroformer', 'astronomy'] if is_astroformer else []),
+        'tags': ['image-classification', 'timm', 'timm-astro'] + (
+            ['astroformer', 'astronomy'] if is_astroformer else []),
         'license': pcfg.get('license', 'apache-2.0'),
         'description': description,
         'details': details,
@@ -249,12 +243,6 @@ print([(label_names[i] if label_names else int(i), float(p)) for p, i in zip(top
     if is_astroformer:
         card['citation'] = ASTROFORMER_CITATION
     return generate_readme(card, model_name)
-
-
-def _is_earlier_export(folder: Path) -> bool:
-    """An export written before exports carried timm-astro's output marker: only our three files."""
-    names = {p.name for p in folder.iterdir()}
-    return names <= set(EXPORT_FILES) and 'config.json' in names
 
 
 def export_model(
@@ -276,7 +264,7 @@ def export_model(
     ``mean``, ``std``, ``crop_pct``, ``interpolation``, ...); the model's own defaults fill the rest.
     ``metrics`` (e.g. ``{'top1': 97.1, 'top5': 99.9, 'epoch': 41}``) and ``train_args`` go in the card.
     """
-    out_dir = check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY, is_own=_is_earlier_export)
+    out_dir = Path(out_dir)  # checked by atomic_output_dir
     if isinstance(train_args, argparse.Namespace):
         train_args = vars(train_args)
     num_classes = getattr(model, 'num_classes', None)
@@ -291,7 +279,7 @@ def export_model(
     data_config = dict(data_config or {})
     if data_config.get('input_size') is None and data_config.get('img_size') is None:
         data_config['input_size'] = tuple(get_model_input_config(model)['input_size'])
-    with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite, is_own=_is_earlier_export) as tmp:
+    with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite) as tmp:
         os.chmod(tmp, 0o755)
         try:
             save_for_hf(
@@ -299,7 +287,7 @@ def export_model(
                 str(tmp),
                 model_config={'label_names': label_names} if label_names else None,
                 # config.json names the W form, so a later change of the family's default cannot misread it
-                model_args=w_form_kwargs(model.state_dict()) if isinstance(model, AstroformerFullRes) else None,
+                model_args=w_form(model.pretrained_cfg['architecture'], model.state_dict()) or None,
                 data_config=data_config,
                 safe_serialization=True,
             )
@@ -335,11 +323,9 @@ def export_checkpoint(
     ``model_name``, else the run's ``model`` argument, else the checkpoint's ``arch``. ``args.yaml`` and
     ``summary.csv`` default to the files train.py writes next to the checkpoint. ``out_dir`` is checked first.
     """
-    out_dir = check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY, is_own=_is_earlier_export)
+    out_dir = check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY)
     ckpt = read_train_checkpoint(checkpoint_path, use_ema=use_ema, args_yaml=args_yaml, allow_nan=allow_nan)
-    if summary_csv is not None:
-        summary_csv = existing_file(summary_csv, "train.py's summary.csv")
-    elif ckpt.weights != 'state dict' and (ckpt.path.parent / 'summary.csv').is_file():
+    if summary_csv is None and ckpt.weights != 'state dict' and (ckpt.path.parent / 'summary.csv').is_file():
         summary_csv = ckpt.path.parent / 'summary.csv'
     metrics = read_summary(summary_csv, ckpt.args.get('eval_metric') or 'top1', ckpt.epoch) if summary_csv else None
     model = model_from_checkpoint(ckpt, model_name)
@@ -360,8 +346,8 @@ def export_checkpoint(
 # push
 
 
-def check_export_dir(folder: PathLike) -> Dict[str, Any]:
-    """Refuse anything but a complete export that loads with timm, before a byte is uploaded; returns its config."""
+def check_export_dir(folder: PathLike) -> nn.Module:
+    """Refuse anything but a complete export that loads with timm, before a byte is uploaded; returns the model."""
     folder = Path(folder)
     missing = [f for f in EXPORT_FILES if not (folder / f).is_file()]
     if missing:
@@ -369,17 +355,10 @@ def check_export_dir(folder: PathLike) -> Dict[str, Any]:
         hint = f' ({", ".join(pickles)} are pickles and are never published)' if pickles else ''
         raise HubError(f"{folder} is not an export: missing {', '.join(missing)}{hint}; run `timm-astro export` first")
     model = load_model(f'local-dir:{folder.resolve()}')  # exactly what a user's create_model('hf-hub:...') does
-    config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
-    labels = config.get('label_names')
+    labels = model.pretrained_cfg.get('label_names')
     if labels is not None and len(labels) != model.num_classes:
         raise HubError(f'{folder / "config.json"}: {len(labels)} label names for num_classes={model.num_classes}')
-    return config
-
-
-def _check_endpoint(url: str) -> None:
-    problem = hub_endpoint_problem(url)
-    if problem:
-        raise HubError(problem)
+    return model
 
 
 def _check_token(token: str) -> None:
@@ -410,7 +389,7 @@ def _request(func: Callable[..., Any], *args: Any, attempts: int, timeout: float
         except HFValidationError as e:
             raise HubError(str(e)) from None
         except HfHubHTTPError as e:
-            status = getattr(getattr(e, 'response', None), 'status_code', None)
+            status = e.response.status_code  # huggingface_hub's HTTP errors always carry the response
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
             if status in (401, 403):
                 raise HubError(f'the Hub refused the token (HTTP {status}): check HF_TOKEN or `hf auth login`; '
@@ -460,7 +439,9 @@ def push(
         raise HubError(f'timeout must be > 0 and retries >= 0, got {timeout} and {retries}')
     if constants.HF_HUB_OFFLINE:
         raise HubError('HF_HUB_OFFLINE is set: pushing needs the network; unset it (nothing was uploaded)')
-    _check_endpoint(constants.ENDPOINT)
+    problem = hub_endpoint_problem(constants.ENDPOINT)
+    if problem:
+        raise HubError(problem)
     token = token or get_token()
     if not token:
         raise HubError('no Hugging Face token: set HF_TOKEN or run `hf auth login` (nothing was uploaded)')
@@ -472,7 +453,7 @@ def push(
     try:
         with tempfile.TemporaryDirectory(prefix='timm-astro-push-') as tmp:
             folder = path if path.is_dir() else export_checkpoint(path, Path(tmp) / repo_id.split('/')[-1])
-            config = check_export_dir(folder)
+            architecture = check_export_dir(folder).pretrained_cfg['architecture']
 
             api = HfApi(token=token, library_name='timm-astro', library_version=__version__)
             nothing = 'nothing was uploaded'
@@ -486,13 +467,10 @@ def push(
             readme = readme.replace(f'hf-hub:{REPO_PLACEHOLDER}', f'hf-hub:{repo_id}')
             readme = re.sub(r'^# Model card for .*$', f"# Model card for {repo_id.split('/')[-1]}", readme, count=1,
                             flags=re.M)
-            operations = [
-                CommitOperationAdd(path_in_repo='config.json', path_or_fileobj=str(folder / 'config.json')),
-                CommitOperationAdd(path_in_repo='model.safetensors', path_or_fileobj=str(folder / 'model.safetensors')),
-                CommitOperationAdd(path_in_repo='README.md', path_or_fileobj=readme.encode('utf-8')),
-            ]
+            operations = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(folder / n)) for n in EXPORT_FILES[:2]]
+            operations.append(CommitOperationAdd(path_in_repo='README.md', path_or_fileobj=readme.encode('utf-8')))
             _request(api.create_commit, repo_id, operations, attempts=1, revision=revision,
-                     commit_message=commit_message or f"Upload {config['architecture']} (timm-astro {__version__})",
+                     commit_message=commit_message or f'Upload {architecture} (timm-astro {__version__})',
                      stage=f'committing; look at {repo_url} before pushing again', **call)
     finally:
         session.timeout = saved_timeout

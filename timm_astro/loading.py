@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import pickletools
+import textwrap
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,6 @@ __all__ = ['load_model', 'TrainCheckpoint', 'read_train_checkpoint', 'model_from
 
 PathLike = Union[str, os.PathLike]
 CHECKPOINT = "a train.py checkpoint (model_best.pth.tar / last.pth.tar) or a state dict (.pth, .safetensors)"
-HUB_SOURCES = ('local-dir:', 'hf-hub:')
 
 
 def existing_file(path: PathLike, expected: str) -> Path:
@@ -209,7 +209,7 @@ def read_train_checkpoint(
         raise UserError(f"{path}: no weights found (keys: {', '.join(map(str, state_dict))}); expected {CHECKPOINT}")
     check_finite(state_dict, path, allow_nan)
     is_plain = all(isinstance(v, torch.Tensor) for v in obj.values())  # a bare state dict: no run to read
-    meta = {} if is_plain else {k: v for k, v in obj.items() if not isinstance(v, (Mapping, torch.Tensor))}
+    meta = {} if is_plain else obj
     if is_plain:
         weights = 'state dict'
     elif use_ema and any(obj.get(k) is not None for k in ('state_dict_ema', 'model_ema')):
@@ -227,6 +227,11 @@ def read_train_checkpoint(
     epoch = meta.get('epoch')
     return TrainCheckpoint(path, state_dict, weights, args, args_source or (path if stored else None),
                            epoch if isinstance(epoch, int) else None, meta.get('arch'))
+
+
+def w_form(name: str, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """The W form the weights of a full-resolution model ``name`` have (``w_form_kwargs``); {} for other models."""
+    return w_form_kwargs(state_dict) if is_model_in_modules(name, ['astroformer_fullres']) else {}
 
 
 def _model_name(name: Any, source: str) -> str:
@@ -276,9 +281,7 @@ def model_from_checkpoint(ckpt: TrainCheckpoint, model_name: Optional[str] = Non
     if num_classes is not None and rows is not None and int(num_classes) != rows:
         raise UserError(f'{source}: num_classes={num_classes} (from the train args) but the weights have {rows} '
                         f'outputs ({classifier}.weight)')
-    kwargs = {**_factory_kwargs(args, source), **kwargs}
-    if is_model_in_modules(name, ['astroformer_fullres']):  # the W form the weights have, whatever the default
-        kwargs = {**w_form_kwargs(ckpt.state_dict), **kwargs}
+    kwargs = {**w_form(name, ckpt.state_dict), **_factory_kwargs(args, source), **kwargs}
     if kwargs.get('num_classes') is None and (num_classes is not None or rows is not None):
         kwargs['num_classes'] = int(num_classes) if num_classes is not None else rows
     what = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
@@ -289,9 +292,8 @@ def model_from_checkpoint(ckpt: TrainCheckpoint, model_name: Optional[str] = Non
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as e:  # torch lists every key: keep the start of its message
-        detail = ' '.join(str(e).split()).replace('Error(s) in loading state_dict for ', '')
-        raise UserError(f'{ckpt.path}: the weights do not fit {what}: '
-                        f"{detail[:400] + (' ...' if len(detail) > 400 else '')}") from None
+        detail = textwrap.shorten(str(e).replace('Error(s) in loading state_dict for ', ''), 400)
+        raise UserError(f'{ckpt.path}: the weights do not fit {what}: {detail}') from None
     label_names = args.get('label_names')
     count = len(label_names) if isinstance(label_names, (list, tuple)) else 'no'
     if label_names is not None and count != model.num_classes:
@@ -346,7 +348,7 @@ def _load_export(spec: str, allow_nan: bool = False, **kwargs: Any) -> nn.Module
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as e:
         raise UserError(f"{spec}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     except (FileNotFoundError, RuntimeError, KeyError, TypeError, ValueError) as e:
-        detail = ' '.join(str(e).split())[:400] or type(e).__name__
+        detail = textwrap.shorten(str(e), 400) or type(e).__name__
         raise UserError(f'{spec}: does not load with timm ({type(e).__name__}: {detail}); expected an export: '
                         f'config.json naming a registered architecture, and weights that fit it') from None
     check_finite(model.state_dict(), _hub_file(spec, 'model.safetensors'), allow_nan, 'export or download it again')
@@ -375,7 +377,7 @@ def load_model(
     """
     if not isinstance(spec, str) or not spec:
         raise UserError(f'model {spec!r}: expected a model name, a checkpoint path, local-dir:PATH or hf-hub:ORG/NAME')
-    if spec.startswith(HUB_SOURCES):
+    if spec.startswith(('local-dir:', 'hf-hub:')):
         if checkpoint is not None:
             raise UserError(f'{spec}: a checkpoint ({checkpoint}) goes with a model name, not with an export')
         return _load_export(spec, allow_nan, **kwargs)

@@ -7,16 +7,6 @@ from timm_astro.commands import run_command
 PROG = 'timm-astro push'
 
 
-def _positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f'expected a number of seconds above 0, got {value!r}')
-    return seconds
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -27,7 +17,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--private', action='store_true', help='create the repo private (ignored if it exists)')
     parser.add_argument('--revision', default=None, help='branch to commit to (created from main if missing)')
     parser.add_argument('--commit-message', default=None, help='commit summary')
-    parser.add_argument('--timeout', type=_positive_seconds, default=60.0,
+    parser.add_argument('--timeout', type=float, default=60.0,
                         help='seconds to wait for each answer of the Hub (default: 60)')
     parser.add_argument('--retries', type=int, choices=range(0, 10), default=2, metavar='N',
                         help='retries of a request that found no answer, except the commit itself (default: 2)')
