@@ -41,8 +41,6 @@ LOCATIONS = {
     'new nested folders': (lambda t: t / 'a' / 'b' / 'c', {}, None),
     'empty folder': (lambda t: (t / 'empty').mkdir() or t / 'empty', {}, None),
     'earlier output, --overwrite': (lambda t: _ours(t / 'out'), {'overwrite': True}, None),
-    'earlier output by is_own': (lambda t: _file(t / 'out' / 'x').parent,
-                                 {'overwrite': True, 'is_own': lambda p: True}, None),
     'a file where a folder goes': (lambda t: _file(t / 'afile'), {'overwrite': True},
                                    'afile: exists and is a file, not a folder'),
     'parent is a file': (lambda t: _file(t / 'afile') / 'sub', {}, 'cannot be created, {tmp}/afile is a file'),

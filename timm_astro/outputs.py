@@ -58,13 +58,12 @@ def check_output_location(
         *,
         overwrite: bool = False,
         created_by: Optional[str] = None,
-        is_own: Optional[Callable[[Path], bool]] = None,
         kind: str = 'folder',
 ) -> Path:
     """Check that ``out`` can be written, before any work starts; returns it as a Path.
 
     ``out`` must be absent, or an empty folder, or (``overwrite``) an earlier output of ``created_by`` (by its
-    marker, or ``is_own(out)``); ``kind='file'`` accepts an existing file only with ``overwrite``. Every existing
+    marker); ``kind='file'`` accepts an existing file only with ``overwrite``. Every existing
     ancestor must be a folder, and the nearest one writable.
     """
     out = Path(out)
@@ -83,12 +82,11 @@ def check_output_location(
                 raise OutputExistsError(
                     f'{out}: exists and is a file, not a folder; choose a new or empty output folder')
             if any(out.iterdir()):
-                own = is_own_output(out, created_by) or (is_own is not None and is_own(out))
                 if not overwrite:
                     raise OutputExistsError(
                         f'{out}: folder is not empty; pass --overwrite to replace an earlier output, or choose another '
                         f'folder')
-                if not own:
+                if not is_own_output(out, created_by):
                     what = f'an earlier output of {created_by!r}' if created_by else 'an earlier timm-astro output'
                     raise OutputExistsError(
                         f'{out}: not empty and not {what} (no {OUTPUT_MARKER} of ours); --overwrite only replaces '
@@ -243,7 +241,6 @@ def atomic_output_dir(
         created_by: str,
         *,
         overwrite: bool = False,
-        is_own: Optional[Callable[[Path], bool]] = None,
         marker_info: Optional[dict] = None,
         log: Optional[Callable[[str], None]] = None,
 ) -> Iterator[Path]:
@@ -253,11 +250,10 @@ def atomic_output_dir(
         out: The folder to write.
         created_by: The command writing it (``'timm-astro evaluate'``), recorded in its marker.
         overwrite: Replace ``out`` if it is an earlier output of ``created_by``.
-        is_own: Also recognise earlier outputs without our marker (outputs of older versions).
         marker_info: Extra JSON-serialisable facts for the marker (no timestamps: outputs stay reproducible).
         log: Where notes go (removed stale partials); stderr by default.
     """
-    out = check_output_location(out, overwrite=overwrite, created_by=created_by, is_own=is_own)
+    out = check_output_location(out, overwrite=overwrite, created_by=created_by)
     remove_stale_partials(out, log)
     tmp = out.with_name(f'{_partial_prefix(out)}{secrets.token_hex(4)}')
     created: List[Path] = []
