@@ -2,26 +2,15 @@
 """Speed and memory of the Astroformer models against the alternatives, measured side by side in one run.
 
 Absolute times drift on a shared machine; ratios measured together hold. So rows that are compared run in one
-subprocess and take turns: after a warm-up, timed repeat 1 of every row, then repeat 2 of every row, and so on, for
-inference (``inference_mode``) and for a training step (forward + cross-entropy + backward + AdamW step). Each timed
-repeat also reports its peak resident memory above the resident memory right before it (VmHWM after resetting it
-through /proc/self/clear_refs, with freed heap handed back to the OS first; CUDA: ``max_memory_allocated``).
-``--isolate`` runs every row in a process of its own instead (memory check, process totals).
+subprocess and take turns, timed repeat by timed repeat, for inference (``inference_mode``) and for a training step
+(forward + cross-entropy + backward + AdamW step). Each repeat also reports its peak memory above the memory right
+before it (CPU: VmHWM after resetting it through /proc/self/clear_refs; CUDA: ``max_memory_allocated``).
 
-Rows (``--models`` selects them by key, shell-style patterns):
-
-* ``<model>/{fused,explicit,biasfree,table,freekernel}`` for each of ``--fullres-models`` at 32x32: Fourier W;
-  ``attn_impl='explicit'`` (the N x N matrix materialised); ``rel_pos_type='none'``; ``rel_pos_type='table'``; the
-  Fourier form with the attention kernel replaced by its values (a free kernel: the most any attention implementation
-  can gain over ``explicit`` here). Baseline: ``explicit``. Each variant is the same model built with other kwargs.
-* ``plain_design_block``: ``--reference`` whose S4 is the design document's block written plainly
-  (``baselines.PlainRelativeAttention``), and ``attention/<variant>``: the reference's S4 attention module alone.
-* ``<paper model>`` at 224 against ``maxxvit:<paper model>``, timm's MaxxVit with the official layout.
-* peers: ``<peer>@32`` against ``<reference>/fused``, 224 px peers against the first paper model.
-
-Writes ``<out-dir>/<name>.json`` (every timed repeat), ``<name>.md`` (comparisons and tables) and ``<name>.png``
-(throughput against parameters). The paired ratios listed, and the limits some are held to, are data:
-``results/speed_targets.json`` (``--targets``); ``--rerender`` judges a report's rows against it again.
+Rows (``--models`` selects them by key, shell-style patterns): ``<model>/<variant>`` (VARIANTS) for each of
+``--fullres-models`` at 32x32; ``plain_design_block`` and ``attention/<variant>`` (the ``--reference``'s S4 attention
+alone); each paper model at 224 against ``maxxvit:<model>``; timm peers. Writes ``<name>.json`` (every timed repeat),
+``<name>.md`` and ``<name>.png``; the paired ratios listed, and their limits, are data (``--targets``), and
+``--rerender`` judges a report's rows against them again. benchmarks/README.md has the commands.
 """
 import argparse
 import fnmatch
@@ -98,40 +87,32 @@ def build_rows(args: argparse.Namespace) -> List[Row]:
         if not value.isdigit():
             raise SystemExit(f'--batch-override expects ROW=BATCH, got {item!r}')
         overrides[name] = int(value)
+    ref, first = args.reference, (args.paper_models or [None])[0]
     rows: List[Row] = []
-
-    def add(key: str, group: str, process: str, kind: str, model: str, img_size: int, batch: int,
-            baseline: Optional[str], description: str, kwargs: Optional[Dict[str, Any]] = None,
-            free_kernel: bool = False) -> None:
-        rows.append(Row(key, group, process, kind, model, img_size, batch, dict(kwargs or {}), free_kernel, baseline,
-                        description))
-
-    ref = args.reference
     for name in args.fullres_models:
         batch = overrides.get(name, args.batch_size)
-        for variant, (kwargs, free, text) in VARIANTS.items():
-            add(f'{name}/{variant}', 'fullres', name, 'timm', name, 32, batch, f'{name}/explicit', text, kwargs, free)
+        rows += [Row(f'{name}/{variant}', 'fullres', name, 'timm', name, 32, batch, dict(kwargs), free,
+                     f'{name}/explicit', text) for variant, (kwargs, free, text) in VARIANTS.items()]
         if name == ref:
-            add('plain_design_block', 'fullres', name, 'plain', name, 32, batch, f'{name}/explicit',
-                f'{name} with S4 = the design document block written plainly (1 head, no scaling, norm, MLP or '
-                'projection; both N x N weight matrices materialised)')
-            for peer in args.peers_32:  # peers share the reference's process
-                add(f'{peer}@32', 'peers', name, 'timm', peer, 32, overrides.get(f'{peer}@32', args.batch_size),
-                    f'{name}/fused', 'timm peer at 32x32')
-    for variant, (kwargs, free, text) in VARIANTS.items():
-        add(f'attention/{variant}', 'attention', 'attention', 'module', ref, 32,
-            overrides.get('attention', args.batch_size), 'attention/explicit', f"{ref}'s S4 attention alone: {text}",
-            kwargs, free)
+            rows.append(Row('plain_design_block', 'fullres', name, 'plain', name, 32, batch,
+                            baseline=f'{name}/explicit', description=(
+                                f'{name} with S4 = the design document block written plainly (1 head, no scaling, '
+                                'norm, MLP or projection; both N x N weight matrices materialised)')))
+            rows += [Row(f'{peer}@32', 'peers', name, 'timm', peer, 32, overrides.get(f'{peer}@32', args.batch_size),
+                         baseline=f'{name}/fused', description='timm peer at 32x32')  # in the reference's process
+                     for peer in args.peers_32]
+    rows += [Row(f'attention/{variant}', 'attention', 'attention', 'module', ref, 32,
+                 overrides.get('attention', args.batch_size), dict(kwargs), free, 'attention/explicit',
+                 f"{ref}'s S4 attention alone: {text}") for variant, (kwargs, free, text) in VARIANTS.items()]
     for name in args.paper_models:
         batch = overrides.get(name, args.batch_size_224)
-        add(name, 'paper', name, 'timm', name, 224, batch, f'maxxvit:{name}',
-            'ours: MaxxVit C-C-C-T with runtime-size relative attention, as shipped')
-        add(f'maxxvit:{name}', 'paper', name, 'maxxvit', name, 224, batch, f'maxxvit:{name}',
-            "timm's MaxxVit with the official layout (built for 224, runs only there)")
-    first = args.paper_models[0] if args.paper_models else None
-    for peer in args.peers_224:  # in the first paper model's process
-        add(peer, 'peers', first or 'peers224', 'timm', peer, 224, overrides.get(peer, args.batch_size_224), first,
-            'timm peer at its default 224x224')
+        rows.append(Row(name, 'paper', name, 'timm', name, 224, batch, baseline=f'maxxvit:{name}',
+                        description='ours: MaxxVit C-C-C-T with runtime-size relative attention, as shipped'))
+        rows.append(Row(f'maxxvit:{name}', 'paper', name, 'maxxvit', name, 224, batch, baseline=f'maxxvit:{name}',
+                        description="timm's MaxxVit with the official layout (built for 224, runs only there)"))
+    rows += [Row(peer, 'peers', first or 'peers224', 'timm', peer, 224, overrides.get(peer, args.batch_size_224),
+                 baseline=first, description='timm peer at its default 224x224')  # in the first paper model's process
+             for peer in args.peers_224]
     return rows
 
 
@@ -186,35 +167,30 @@ def nxn_bytes(model: nn.Module, row: Row) -> int:
 
 def count_gflops(model: nn.Module, shape: Tuple[int, ...], device: torch.device) -> Optional[float]:
     """Forward GFLOPs per sample, attention counted in its explicit form (torch's counter skips the CPU fused
-    kernel, and the fused Fourier form pads v)."""
+    kernel, and the fused Fourier form pads v); None where the counter fails, which must not cost the timing. Leaves
+    the model in eval mode (every step sets its own)."""
     from torch.utils.flop_counter import FlopCounterMode
     fused = [m for m in model.modules() if getattr(m, 'fused_attn', False)]
-    was_training = model.training
     try:
         for module in fused:
             module.fused_attn = False
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model.eval()(torch.randn(1, *shape[1:], device=device))
         return counter.get_total_flops() / 1e9
-    except Exception:  # a gap in the counter must not cost the timing
+    except Exception:
         return None
     finally:
         for module in fused:
             module.fused_attn = True
-        model.train(was_training)
 
 
 class MemoryProbe:
-    """Peak memory of a block of work above the resident memory right before it (CPU: VmRSS/VmHWM)."""
+    """Peak memory of a block of work above the memory right before it (CPU: VmRSS/VmHWM; CUDA: allocated)."""
 
     def __init__(self, device: torch.device):
-        self.device = device
-        self.cuda = device.type == 'cuda'
-        if self.cuda:
-            self.method = 'torch.cuda.max_memory_allocated'
-        else:
-            self.method = 'VmHWM after /proc/self/clear_refs, malloc_trim first' if reset_peak_rss() else 'none'
-        self.baseline_kb = 0
+        self.device, self.cuda, self.baseline_kb = device, device.type == 'cuda', 0
+        self.method = 'torch.cuda.max_memory_allocated' if self.cuda else (
+            'VmHWM after /proc/self/clear_refs, malloc_trim first' if reset_peak_rss() else 'none')
 
     def start(self) -> None:
         gc.collect()
@@ -237,15 +213,17 @@ class MemoryProbe:
         return (peak_kb - self.baseline_kb) / 1024, peak_kb / 1024
 
 
+# one list per phase of a unit, one entry per timed repeat ('discarded': per retried contended attempt)
+REPEAT_FIELDS = ('seconds', 'mem_inc_mb', 'mem_peak_mb', 'cpu_util', 'contended', 'discarded')
+
+
 @dataclass
 class Unit:
-    """A row in one dtype, with its step functions once built."""
+    """A row in one dtype, with its step function per phase once built."""
     row: Row
     dtype: str
-    infer: Optional[Callable[[], None]] = None
-    train: Optional[Callable[[], None]] = None
+    step: Dict[str, Callable[[], None]] = field(default_factory=dict)
     result: Dict[str, Any] = field(default_factory=dict)
-    steps: Dict[str, int] = field(default_factory=dict)
 
 
 def prepare_unit(unit: Unit, spec: Dict[str, Any], device: torch.device) -> None:
@@ -285,7 +263,19 @@ def prepare_unit(unit: Unit, spec: Dict[str, Any], device: torch.device) -> None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    unit.infer, unit.train = infer_step, train_step
+    unit.step = {'infer': infer_step, 'train': train_step}
+
+
+def warm_up(unit: Unit, phase: str, count: int, sync: Callable[[], None], min_repeat_time: float) -> None:
+    """Untimed steps; the last one's time sets how many steps a timed repeat takes to last ``min_repeat_time``."""
+    last = 0.
+    for _ in range(count):
+        start = time.perf_counter()
+        unit.step[phase]()
+        sync()
+        last = time.perf_counter() - start
+    steps = max(1, math.ceil(min_repeat_time / last)) if last > 0 else 1
+    unit.result[phase] = dict({name: [] for name in REPEAT_FIELDS}, steps_per_repeat=steps)
 
 
 def timed_repeat(unit: Unit, phase: str, probe: MemoryProbe, sync: Callable[[], None], min_util: float,
@@ -296,12 +286,13 @@ def timed_repeat(unit: Unit, phase: str, probe: MemoryProbe, sync: Callable[[], 
     OpenMP threads waiting on a descheduled peer that can slow a step many times over. Discarded attempts are kept
     in the record; if every retry is contended the last attempt is kept and flagged.
     """
-    step, record = getattr(unit, phase), unit.result[phase]
+    record = unit.result[phase]
+    steps = record['steps_per_repeat']
     for attempt in range(spec['max_retries'] + 1):
         probe.start()
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        for _ in range(unit.steps[phase]):
-            step()
+        for _ in range(steps):
+            unit.step[phase]()
         sync()
         wall = time.perf_counter() - wall0
         util = (time.process_time() - cpu0) / wall
@@ -309,20 +300,18 @@ def timed_repeat(unit: Unit, phase: str, probe: MemoryProbe, sync: Callable[[], 
         contended = util < min_util
         if not contended or attempt == spec['max_retries']:
             break
-        record['discarded'].append({'seconds': wall / unit.steps[phase], 'cpu_util': util})
+        record['discarded'].append({'seconds': wall / steps, 'cpu_util': util})
         time.sleep(spec['retry_wait'])
-    record['seconds'].append(wall / unit.steps[phase])
-    record['mem_inc_mb'].append(inc)
-    record['mem_peak_mb'].append(peak)
-    record['cpu_util'].append(util)
-    record['contended'].append(contended)
+    for name, value in zip(REPEAT_FIELDS, (wall / steps, inc, peak, util, contended)):
+        record[name].append(value)
 
 
 def run_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Measure the units of one process: inference, then training, timed repeats taking turns across units."""
+    """Measure the units of one process: inference, then training; after the warm-up of every unit, timed repeat 1
+    of every unit, then repeat 2, and so on. A unit that fails is reported and leaves the rotation."""
     import timm_astro  # noqa: F401  registers the models
     device = torch.device(spec['device'])
-    if spec.get('threads'):
+    if spec['threads']:
         torch.set_num_threads(spec['threads'])
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
     probe = MemoryProbe(device)
@@ -331,37 +320,26 @@ def run_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     for unit in units:
         try:
             prepare_unit(unit, spec, device)
+        except MemoryError as e:  # skipped: it would not fit
+            unit.result['error'] = str(e)
+        except Exception as e:
+            unit.result['error'] = f'build failed: {type(e).__name__}: {e}'[:400]
+        else:
             live.append(unit)
-        except Exception as e:  # report and carry on with the other rows
-            unit.result['error'] = str(e) if isinstance(e, MemoryError) else f'build failed: {type(e).__name__}: {e}'[:400]
     gc.collect()
     release_free_memory()
     rss_idle_mb = read_status_kb('VmRSS') / 1024
     warmup = max(spec['warmup'], 2) if spec['compile'] else spec['warmup']
     # A repeat counts only if this process got the CPU it asked for; on a shared machine the others are retried.
     min_util = spec['min_cpu_util'] * torch.get_num_threads() if device.type == 'cpu' else 0.
-
     for phase in ('infer', 'train'):
-        for unit in list(live):
-            step = getattr(unit, phase)
-            try:
-                last = 0.
-                for _ in range(warmup):
-                    start = time.perf_counter()
-                    step()
-                    sync()
-                    last = time.perf_counter() - start
-            except Exception as e:
-                unit.result['error'] = f'{phase} failed: {type(e).__name__}: {e}'[:400]
-                live.remove(unit)
-                continue
-            unit.steps[phase] = max(1, math.ceil(spec['min_repeat_time'] / last)) if last > 0 else 1
-            unit.result[phase] = {'steps_per_repeat': unit.steps[phase], 'seconds': [], 'mem_inc_mb': [],
-                                  'mem_peak_mb': [], 'cpu_util': [], 'contended': [], 'discarded': []}
-        for _ in range(spec['repeats']):
+        for repeat in range(-1, spec['repeats']):  # -1: the warm-up
             for unit in list(live):
                 try:
-                    timed_repeat(unit, phase, probe, sync, min_util, spec)
+                    if repeat < 0:
+                        warm_up(unit, phase, warmup, sync, spec['min_repeat_time'])
+                    else:
+                        timed_repeat(unit, phase, probe, sync, min_util, spec)
                 except Exception as e:
                     unit.result['error'] = f'{phase} failed: {type(e).__name__}: {e}'[:400]
                     live.remove(unit)
@@ -375,7 +353,8 @@ def run_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
 # Orchestration, aggregation, output.
 
 def run_process(units: List[Tuple[Row, str]], args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """Run units in one fresh subprocess; failures become ``error`` entries, never exceptions."""
+    """Run units in one fresh subprocess. A failure of the process becomes an ``error`` entry of each of its units,
+    never an exception; its rows are not rerun elsewhere, since their ratios hold only within one process."""
     spec = dict(settings(args), units=[{'row': asdict(row), 'dtype': dtype} for row, dtype in units],
                 device=args.device, flops=not args.no_flops)
     timeout = args.row_timeout * len(units)
@@ -385,71 +364,55 @@ def run_process(units: List[Tuple[Row, str]], args: argparse.Namespace) -> List[
                str(out_path)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            failure = None if proc.returncode == 0 and out_path.exists() else (
-                ('killed (out of memory?)' if proc.returncode in (-9, 137) else f'exit {proc.returncode}') + ': '
-                + ' / '.join((proc.stderr or '').strip().splitlines()[-3:]))
         except subprocess.TimeoutExpired:
             failure = f'timed out after {timeout:.0f} s'
-        if failure is None:
-            worker = json.loads(out_path.read_text())
-            for unit in worker['units']:
-                unit.update(rss_idle_mb=worker['rss_idle_mb'], memory_method=worker['memory_method'],
-                            threads=worker['threads'])
-            return worker['units']
-    if len(units) > 1:  # one row took the process down: run each alone so the others still get measured
-        return [result for unit in units for result in run_process([unit], args)]
-    row, dtype = units[0]
-    return [{'key': row.key, 'dtype': dtype, 'batch_size': row.batch_size, 'error': failure}]
+        else:
+            if proc.returncode == 0 and out_path.exists():
+                worker = json.loads(out_path.read_text())
+                return [dict(unit, rss_idle_mb=worker['rss_idle_mb'], memory_method=worker['memory_method'],
+                             threads=worker['threads']) for unit in worker['units']]
+            failure = (('killed (out of memory?)' if proc.returncode in (-9, 137) else f'exit {proc.returncode}')
+                       + ': ' + ' / '.join(proc.stderr.strip().splitlines()[-3:]))
+    return [{'key': row.key, 'dtype': dtype, 'batch_size': row.batch_size, 'error': failure} for row, dtype in units]
 
 
-def summarize_phase(phase: Dict[str, Any], batch: int) -> Dict[str, Any]:
-    """Median throughput and its spread (min-max over repeats), median and max memory."""
-    seconds = phase['seconds']
+def summarize_phase(records: List[Dict[str, Any]], batch: int) -> Dict[str, Any]:
+    """Median throughput and its spread (min-max over the repeats of all records), median and max memory."""
+    pooled = {name: [value for record in records for value in record[name]] for name in REPEAT_FIELDS}
+    seconds, inc = pooled['seconds'], pooled['mem_inc_mb']
     return {
         'img_s': batch / statistics.median(seconds),
         'img_s_min': batch / max(seconds),
         'img_s_max': batch / min(seconds),
         'repeats': len(seconds),
-        'steps_per_repeat': phase['steps_per_repeat'],
-        'mem_inc_mb': statistics.median(phase['mem_inc_mb']),
-        'mem_inc_mb_range': (min(phase['mem_inc_mb']), max(phase['mem_inc_mb'])),
-        'mem_peak_mb': max(phase['mem_peak_mb']),
-        'cpu_util': statistics.median(phase['cpu_util']),
-        'contended': sum(phase['contended']),  # kept repeats that never got their CPU share
-        'discarded': len(phase['discarded']),  # contended attempts that were retried
+        'steps_per_repeat': records[-1]['steps_per_repeat'],
+        'mem_inc_mb': statistics.median(inc),
+        'mem_inc_mb_range': (min(inc), max(inc)),
+        'mem_peak_mb': max(pooled['mem_peak_mb']),
+        'cpu_util': statistics.median(pooled['cpu_util']),
+        'contended': sum(pooled['contended']),  # kept repeats that never got their CPU share
+        'discarded': len(pooled['discarded']),  # contended attempts that were retried
     }
 
 
 def aggregate(rows: List[Row], runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One summary per (row, dtype), repeats of all rounds pooled; rows in suite order, fp32 first."""
-    order = {row.key: i for i, row in enumerate(rows)}
-    by_key = {row.key: row for row in rows}
-    pooled: Dict[Tuple[str, str], Dict[str, Any]] = {}
-    for run in sorted(runs, key=lambda r: (r['dtype'] != 'fp32', order.get(r['key'], len(order)))):
-        row = by_key.get(run['key'])
-        if row is None:
-            continue
-        entry = pooled.setdefault((row.key, run['dtype']), {
-            'key': row.key, 'group': row.group, 'process': row.process, 'dtype': run['dtype'],
-            'batch_size': run['batch_size'], 'img_size': row.img_size, 'baseline': row.baseline,
-            'description': row.description, 'params': None, 'gflops': None, 'rss_idle_mb': None, 'errors': [],
-            '_phases': {}})
-        if 'error' in run:
-            entry['errors'].append(run['error'])
-        for k in ('params', 'gflops', 'rss_idle_mb'):
-            entry[k] = run.get(k, entry[k])
-        for phase in ('infer', 'train'):
-            if run.get(phase) and run[phase]['seconds']:
-                acc = entry['_phases'].setdefault(phase, {'seconds': [], 'mem_inc_mb': [], 'mem_peak_mb': [],
-                                                          'cpu_util': [], 'contended': [], 'discarded': []})
-                for k in acc:
-                    acc[k] += run[phase][k]
-                acc['steps_per_repeat'] = run[phase]['steps_per_repeat']
-    summaries = list(pooled.values())
-    for entry in summaries:
-        phases = entry.pop('_phases')
-        for phase in ('infer', 'train'):
-            entry[phase] = summarize_phase(phases[phase], entry['batch_size']) if phase in phases else None
+    """One summary per (row, dtype) measured, the repeats of all rounds pooled; fp32 first, rows in suite order."""
+    summaries = []
+    for dtype in sorted({run['dtype'] for run in runs}, key=lambda d: d != 'fp32'):
+        for row in rows:
+            mine = [run for run in runs if (run['key'], run['dtype']) == (row.key, dtype)]
+            if not mine:
+                continue
+            entry = {'key': row.key, 'group': row.group, 'process': row.process, 'dtype': dtype,
+                     'batch_size': mine[0]['batch_size'], 'img_size': row.img_size, 'baseline': row.baseline,
+                     'description': row.description, 'params': None, 'gflops': None, 'rss_idle_mb': None,
+                     'errors': [run['error'] for run in mine if 'error' in run]}
+            for run in mine:
+                entry.update({k: run[k] for k in ('params', 'gflops', 'rss_idle_mb') if k in run})
+            for phase in ('infer', 'train'):
+                records = [run[phase] for run in mine if run.get(phase) and run[phase]['seconds']]
+                entry[phase] = summarize_phase(records, entry['batch_size']) if records else None
+            summaries.append(entry)
     return summaries
 
 
@@ -505,6 +468,11 @@ def fmt_ratio(measured: Optional[Tuple[float, Optional[Tuple]]]) -> str:
     return fmt_num(value) + (f' ({fmt_num(spread[0])}-{fmt_num(spread[1])})' if spread else '')
 
 
+def throughput(phase: Dict[str, Any]) -> str:
+    """Median img/s (min-max over the repeats)."""
+    return fmt_ratio((phase['img_s'], (phase['img_s_min'], phase['img_s_max'])))
+
+
 def cpu_cell(infer: Dict[str, Any], train: Dict[str, Any]) -> str:
     """Median CPU util of the training repeats, and how many repeats were retried or stayed contended."""
     retried = infer.get('discarded', 0) + train.get('discarded', 0)
@@ -541,22 +509,22 @@ limit but the range reaches it, so the repeats cannot tell the rows apart there.
 """
 
 
-def render_markdown(report: Dict[str, Any], checks: List[Dict[str, Any]], targets_file: str) -> str:
+def render_markdown(report: Dict[str, Any], targets_file: str) -> str:
     """Comparisons, then one table per section and dtype, then what each row is."""
     m, st = report['machine'], report['settings']
     lines = [INTRO.format_map({**m, **st, **dict(
         threads=st.get('threads') or m['torch_threads'], flags=', '.join(m['cpu_flags']) or 'none',
-        gpu=f" GPU: {m['gpu']}." if m.get('gpu') else '', matmul_size=m.get('matmul_size', 1024),
+        gpu=f" GPU: {m['gpu']}." if m.get('gpu') else '',
         fp32=fmt_num(m['matmul_gflops_fp32']), bf16=fmt_num(m['matmul_gflops_bf16']),
         load_start=', '.join(f'{v:.1f}' for v in m['loadavg_start'] or []),
-        load_end=', '.join(f'{v:.1f}' for v in m.get('loadavg_end') or []), command=report['command'],
+        load_end=', '.join(f'{v:.1f}' for v in m['loadavg_end'] or []), command=report['command'],
         minutes=report['wall_time_s'] / 60, date=report['date'], targets_file=targets_file,
         isolated=' (isolated: one process per row)' if st['isolate'] else '')})]
     table = [[c['comparison'], METRICS[c['metric']][2], c['dtype'], c['batch_size'], f"`{c['row']}` / `{c['against']}`",
               fmt_ratio((c['value'], c['range'])),
               '—' if c['at_least'] is None and c['at_most'] is None else
               f">= {fmt_num(c['at_least'])}" if c['at_least'] is not None else f"<= {fmt_num(c['at_most'])}",
-              {'': '—', 'missed': '**missed**'}.get(c['verdict'], c['verdict'])] for c in checks]
+              {'': '—', 'missed': '**missed**'}.get(c['verdict'], c['verdict'])] for c in report['comparisons']]
     lines.append(markdown_table(['comparison', 'measure', 'dtype', 'batch', 'rows', 'ratio (range)', 'limit', ''],
                                 table) if table else 'None: no pair named there has both rows in this run.\n')
     index = {(s['key'], s['dtype']): s for s in report['rows']}
@@ -576,12 +544,9 @@ def render_markdown(report: Dict[str, Any], checks: List[Dict[str, Any]], target
                 if not tr or not inf:
                     table.append([f"`{s['key']}`", '', '', s['batch_size'], '; '.join(s['errors'])] + [''] * 6)
                     continue
-                table.append([
-                    f"`{s['key']}`", fmt_num(s['params'] / 1e6, 3), fmt_num(s['gflops']), s['batch_size'],
-                    f"{fmt_num(inf['img_s'])} ({fmt_num(inf['img_s_min'])}-{fmt_num(inf['img_s_max'])})",
-                    x_base('infer'),
-                    f"{fmt_num(tr['img_s'])} ({fmt_num(tr['img_s_min'])}-{fmt_num(tr['img_s_max'])})",
-                    x_base('train'), f"{tr['mem_inc_mb']:,.0f}", x_base('train_mem'), cpu_cell(inf, tr)])
+                table.append([f"`{s['key']}`", fmt_num(s['params'] / 1e6, 3), fmt_num(s['gflops']), s['batch_size'],
+                              throughput(inf), x_base('infer'), throughput(tr), x_base('train'),
+                              f"{tr['mem_inc_mb']:,.0f}", x_base('train_mem'), cpu_cell(inf, tr)])
             lines.append(markdown_table(header, table))
             baselines = sorted({s['baseline'] for s in members if s['baseline']})
             lines.append('Baselines: ' + ', '.join(
@@ -658,8 +623,8 @@ def render_plot(report: Dict[str, Any], path: Path) -> None:
 def plan_processes(rows: List[Row], args: argparse.Namespace, bf16_rows: str) -> List[List[Tuple[Row, str]]]:
     """Units grouped by process, in suite order; bf16 units join their row's process. On a CPU with slow bf16
     ('key'), bf16 runs only the key comparisons, at --bf16-slow-batch."""
-    first = args.paper_models[0] if args.paper_models else None
-    key_rows = {f'{args.reference}/fused', f'{args.reference}/explicit', 'plain_design_block', first, f'maxxvit:{first}'}
+    ref, first = args.reference, (args.paper_models or [None])[0]
+    key_rows = {f'{ref}/fused', f'{ref}/explicit', 'plain_design_block', first, f'maxxvit:{first}'}
     groups: Dict[str, List[Tuple[Row, str]]] = {}
     for row in rows:
         for dtype in args.dtypes:
@@ -731,7 +696,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     add('--no-flops', action='store_true', help='skip counting GFLOPs')
     add('--row-timeout', type=float, default=3600., help='seconds per row before giving up')
     add('--quick', action='store_true',
-        help='batch 8 (32px) / 2 (224px), 2 repeats, fp32; the first two full-resolution and paper models, no 224px peers')
+        help='batch 8 (32px) / 2 (224px), 2 repeats, fp32; the first two full-resolution and paper models, no 224px '
+             'peers')
     add('--targets', type=Path, default=TARGETS, help='the paired ratios to list and their limits (JSON)')
     add('--out-dir', type=Path, default=HERE / 'results')
     add('--name', default=None, help='output file stem (default: speed_<device>[_quick])')
@@ -765,14 +731,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if not json_path.exists():
             raise SystemExit(f'--rerender needs {json_path}: measure first (without --rerender), or pass its --name')
         report = json.loads(json_path.read_text())
-        write_markdown_and_plot(report, comparisons(report['rows'], targets), json_path, args, plot=not args.no_plot)
-        print(f"rewrote {json_path.with_suffix('.md')}" + ('' if args.no_plot else f", {json_path.with_suffix('.png')}"))
+        report['comparisons'] = comparisons(report['rows'], targets)  # judged against the targets as they are now
+        write_markdown_and_plot(report, json_path, args, plot=not args.no_plot)
+        print(f"rewrote {json_path.with_suffix('.md')}" +
+              ('' if args.no_plot else f", {json_path.with_suffix('.png')}"))
         return report
 
     rows = select_rows(build_rows(args), args.models)
     started = time.time()
-    machine = machine_info(args.device)
-    machine['matmul_size'] = MATMUL_PROBE_SIZE
+    machine = dict(machine_info(args.device), matmul_size=MATMUL_PROBE_SIZE)
     machine['matmul_gflops_fp32'] = matmul_gflops(torch.float32, MATMUL_PROBE_SIZE, device=args.device)
     machine['matmul_gflops_bf16'] = (
         matmul_gflops(torch.bfloat16, MATMUL_PROBE_SIZE, device=args.device) if 'bf16' in args.dtypes else None)
@@ -785,7 +752,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     previous = json.loads(json_path.read_text()).get('runs', []) if args.resume and json_path.exists() else []
     runs: List[Dict[str, Any]] = []
-    report: Dict[str, Any] = {}
     total = args.rounds * len(processes)
     for round_index in range(args.rounds):
         for i, units in enumerate(processes):
@@ -802,7 +768,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                       flush=True)
             print(f'[{round_index * len(processes) + i + 1}/{total}, {(time.time() - started) / 60:.1f} min] '
                   f'process of {len(units)} rows took {time.time() - process_start:.0f} s', flush=True)
-            report = write_outputs(args, json_path, machine, bf16_rows, rows, runs, started, targets, plot=False)
+            write_outputs(args, json_path, machine, bf16_rows, rows, runs, started, targets, plot=False)
     report = write_outputs(args, json_path, machine, bf16_rows, rows, runs, started, targets, plot=not args.no_plot)
     print(f"wrote {json_path}, {json_path.with_suffix('.md')}" +
           ('' if args.no_plot else f", {json_path.with_suffix('.png')}"))
@@ -821,7 +787,7 @@ def write_outputs(args: argparse.Namespace, json_path: Path, machine: Dict[str, 
         'command': command_line(),
         'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)),
         'wall_time_s': time.time() - started,
-        'machine': dict(machine, loadavg_end=os.getloadavg() if hasattr(os, 'getloadavg') else None),
+        'machine': dict(machine, loadavg_end=os.getloadavg()),
         'settings': dict(settings(args), bf16_rows=bf16_rows, num_classes=NUM_CLASSES, optimizer='adamw',
                          loss='cross-entropy'),
         'comparisons': comparisons(summaries, targets),
@@ -829,16 +795,15 @@ def write_outputs(args: argparse.Namespace, json_path: Path, machine: Dict[str, 
         'runs': runs,
     }
     write_text_atomic(json_path, json.dumps(report, indent=1))
-    write_markdown_and_plot(report, report['comparisons'], json_path, args, plot)
+    write_markdown_and_plot(report, json_path, args, plot)
     return report
 
 
-def write_markdown_and_plot(report: Dict[str, Any], checks: List[Dict[str, Any]], json_path: Path,
-                            args: argparse.Namespace, plot: bool) -> None:
+def write_markdown_and_plot(report: Dict[str, Any], json_path: Path, args: argparse.Namespace, plot: bool) -> None:
     """The markdown tables and (if asked, and any row trained) the PNG beside the report's JSON."""
     path = args.targets.resolve()
     targets_file = str(path.relative_to(HERE) if path.is_relative_to(HERE) else path)
-    write_text_atomic(json_path.with_suffix('.md'), render_markdown(report, checks, targets_file))
+    write_text_atomic(json_path.with_suffix('.md'), render_markdown(report, targets_file))
     if plot and any(s.get('train') for s in report['rows']):
         render_plot(report, json_path.with_suffix('.png'))
 
