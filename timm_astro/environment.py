@@ -31,8 +31,7 @@ def _is_the_command() -> bool:
     """True in the ``timm-astro`` console script and under ``python -m timm_astro``."""
     if os.path.basename(sys.argv[0] if sys.argv else '') == 'timm-astro':
         return True
-    argv = getattr(sys, 'orig_argv', [])
-    return any(a == '-m' and b.split('.')[0] == 'timm_astro' for a, b in zip(argv, argv[1:]))
+    return any(a == '-m' and b.split('.')[0] == 'timm_astro' for a, b in zip(sys.orig_argv, sys.orig_argv[1:]))
 
 
 def check_environment() -> None:

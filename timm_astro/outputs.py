@@ -99,16 +99,9 @@ def check_output_location(
     if not ancestor.is_dir():
         raise UserError(f'{out}: cannot be created, {ancestor} is a file, not a folder; choose another location')
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        reason = 'the file system is read-only' if _is_read_only(ancestor) else 'permission denied'
+        reason = 'the file system is read-only' if os.statvfs(ancestor).f_flag & os.ST_RDONLY else 'permission denied'
         raise UserError(f'{out}: cannot be created in {ancestor} ({reason}); choose a location you can write to')
     return out
-
-
-def _is_read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 def _start_time(pid: int) -> Optional[int]:
@@ -137,7 +130,19 @@ def _partial_prefix(out: Path) -> str:
     return f'.{out.name}.partial-'
 
 
-def remove_stale_partials(out: PathLike, log: Optional[Callable[[str], None]] = None) -> List[Path]:
+def _remove(path: Path) -> None:
+    """Remove a file or folder if it is there (a symbolic link itself, never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _note(message: str) -> None:
+    print(f'timm-astro: note: {message}', file=sys.stderr)
+
+
+def remove_stale_partials(out: PathLike, log: Callable[[str], None] = _note) -> List[Path]:
     """Remove partial folders (and files) for ``out`` left by runs of ours that died; returns what was removed.
 
     A partial is ours if it carries our partial marker naming this host and a process that no longer exists;
@@ -148,31 +153,21 @@ def remove_stale_partials(out: PathLike, log: Optional[Callable[[str], None]] = 
     if not out.parent.is_dir():
         return removed
     for candidate in sorted(out.parent.iterdir()):
-        if not candidate.name.startswith(_partial_prefix(out)) or not os.path.lexists(candidate):
+        if not candidate.name.startswith(_partial_prefix(out)):
             continue
-        if candidate.is_dir() and not candidate.is_symlink():
-            marker_file, leftovers = candidate / PARTIAL_MARKER, [candidate]
-        else:  # a file under construction and its owner file (either may be gone)
-            data = candidate.with_name(candidate.name[:-len(OWNER_SUFFIX)]) if candidate.name.endswith(
-                OWNER_SUFFIX) else candidate
-            marker_file = data.with_name(data.name + OWNER_SUFFIX)
-            leftovers = [data, marker_file]
+        if candidate.is_dir():  # a folder under construction holds its marker
+            partial, marker_file = candidate, candidate / PARTIAL_MARKER
+        elif candidate.name.endswith(OWNER_SUFFIX):  # a file under construction has it beside (the file may be gone)
+            partial, marker_file = candidate.with_name(candidate.name[:-len(OWNER_SUFFIX)]), candidate
+        else:  # a file under construction: removed with its owner file
+            continue
         marker = _read_json(marker_file)
-        if not _is_dead_run_of_ours(marker):
-            continue
-        for leftover in leftovers:
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
-        removed.append(leftovers[0])
-        (log or _stderr)(f'removed {leftovers[0]}, left by an earlier run (process {marker["pid"]}) that was killed')
+        if _is_dead_run_of_ours(marker):
+            _remove(partial)
+            _remove(marker_file)
+            removed.append(partial)
+            log(f'removed {partial}, left by an earlier run (process {marker["pid"]}) that was killed')
     return removed
-
-
-def _stderr(message: str) -> None:
-    print(f'timm-astro: note: {message}', file=sys.stderr)
 
 
 def _owner() -> dict:
@@ -186,40 +181,41 @@ def _wrap_os_error(e: OSError, out: Path, tmp: Path) -> UserError:
     return UserError(f'{out}: cannot be written{shown}: {describe_os_error(e)}; nothing was left half-written')
 
 
-def _make_parents(path: Path) -> List[Path]:
-    """Create the missing ancestors of ``path``; returns those created, deepest first, so a failure can remove them."""
-    missing: List[Path] = []
-    ancestor = path.parent
-    while not ancestor.exists():
-        missing.append(ancestor)
-        ancestor = ancestor.parent
-    created: List[Path] = []
-    for folder in reversed(missing):
-        try:
-            folder.mkdir()
-        except FileExistsError:  # made meanwhile by someone else: theirs, not ours to remove
-            continue
-        except OSError:
-            _remove_parents(created[::-1])
-            raise
-        created.append(folder)
-    return created[::-1]
-
-
 def _remove_parents(created: List[Path]) -> None:
-    """Remove the folders ``_make_parents`` created (deepest first) that are still empty: a failed write leaves none."""
+    """Remove the folders made for a failed output (deepest first) that are still empty: a failed write leaves none."""
     for folder in created:
         try:
             folder.rmdir()
-        except OSError:  # no longer empty (someone else's files) or already gone: leave it and those above it
+        except FileNotFoundError:  # not made after all: making it failed
+            continue
+        except OSError:  # no longer empty (someone else's files): leave it and those above it
             return
+
+
+@contextlib.contextmanager
+def _temporary_beside(out: Path) -> Iterator[Path]:
+    """Yield a new temporary name beside ``out``, its missing parent folders made. Whatever is left under that name
+    (and its owner file) is removed afterwards, the parents made too after a failure; an OSError becomes a UserError."""
+    remove_stale_partials(out)
+    tmp = out.with_name(f'{_partial_prefix(out)}{secrets.token_hex(4)}')
+    created = [folder for folder in out.parents if not folder.exists()]  # deepest first
+    done = False
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        done = True
+    except OSError as e:
+        raise _wrap_os_error(e, out, tmp) from None
+    finally:
+        _remove(tmp)
+        _remove(tmp.with_name(tmp.name + OWNER_SUFFIX))
+        if not done:
+            _remove_parents(created)
 
 
 def _replace(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``. An earlier ``out`` is first marked as a partial of this run and moved aside, so
     a run killed between the two renames leaves only partials the next run removes; it is deleted afterwards."""
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-        out.rmdir()
     if not os.path.lexists(out):
         os.rename(tmp, out)
         return
@@ -242,7 +238,6 @@ def atomic_output_dir(
         *,
         overwrite: bool = False,
         marker_info: Optional[dict] = None,
-        log: Optional[Callable[[str], None]] = None,
 ) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it becomes ``out``, on any failure it is removed.
 
@@ -251,60 +246,24 @@ def atomic_output_dir(
         created_by: The command writing it (``'timm-astro evaluate'``), recorded in its marker.
         overwrite: Replace ``out`` if it is an earlier output of ``created_by``.
         marker_info: Extra JSON-serialisable facts for the marker (no timestamps: outputs stay reproducible).
-        log: Where notes go (removed stale partials); stderr by default.
     """
     out = check_output_location(out, overwrite=overwrite, created_by=created_by)
-    remove_stale_partials(out, log)
-    tmp = out.with_name(f'{_partial_prefix(out)}{secrets.token_hex(4)}')
-    created: List[Path] = []
-    done = False
-    try:
-        created = _make_parents(out)
+    with _temporary_beside(out) as tmp:
         tmp.mkdir()
         write_json(tmp / PARTIAL_MARKER, _owner())
         yield tmp
         write_json(tmp / OUTPUT_MARKER, {'created_by': created_by, 'version': __version__, **(marker_info or {})})
         (tmp / PARTIAL_MARKER).unlink()
         _replace(tmp, out)
-        done = True
-    except OSError as e:
-        raise _wrap_os_error(e, out, tmp) from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if not done:
-            _remove_parents(created)
 
 
 @contextlib.contextmanager
-def atomic_file(
-        path: PathLike,
-        mode: str = 'w',
-        *,
-        overwrite: bool = True,
-        newline: Optional[str] = None,
-) -> Iterator[IO]:
-    """Yield a file object for ``path``; it replaces ``path`` only if the block completes."""
-    path = check_output_location(path, overwrite=overwrite, kind='file')
-    remove_stale_partials(path)
-    tmp = path.with_name(f'{_partial_prefix(path)}{secrets.token_hex(4)}')
-    owner = tmp.with_name(tmp.name + OWNER_SUFFIX)
-    created: List[Path] = []
-    done = False
-    try:
-        created = _make_parents(path)
-        write_json(owner, _owner())
-        encoding = None if 'b' in mode else 'utf-8'
-        with open(tmp, mode, encoding=encoding, newline=newline) as f:
+def atomic_file(path: PathLike, mode: str = 'w', *, newline: Optional[str] = None) -> Iterator[IO]:
+    """Yield a file object for ``path`` (``open``'s ``mode`` and ``newline``; text is UTF-8); it replaces ``path``
+    only if the block completes."""
+    path = check_output_location(path, overwrite=True, kind='file')
+    with _temporary_beside(path) as tmp:
+        write_json(tmp.with_name(tmp.name + OWNER_SUFFIX), _owner())
+        with open(tmp, mode, encoding=None if 'b' in mode else 'utf-8', newline=newline) as f:
             yield f
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-        done = True
-    except OSError as e:
-        raise _wrap_os_error(e, path, tmp) from None
-    finally:
-        for leftover in (tmp, owner):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-        if not done:
-            _remove_parents(created)

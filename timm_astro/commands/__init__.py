@@ -35,19 +35,9 @@ def say_error(prog: str, message: str, secret: Optional[str] = None) -> int:
     return 2
 
 
-def run_command(
-        prog: str,
-        func: Callable[[], Optional[int]],
-        secret: Optional[str] = None,
-        translate: Optional[Callable[[BaseException], Optional[str]]] = None,
-) -> int:
-    """Run a command's body; expected failures become one line on stderr and a non-zero exit code.
-
-    Args:
-        prog: The command's name, the prefix of every message (``timm-astro export``).
-        func: The command's body; returns an exit code or None (0).
-        secret: Text never to show (a token); replaced by ``***`` in every message.
-        translate: Maps further expected exceptions (a library's own types) to a message, or None to re-raise.
+def run_command(prog: str, func: Callable[[], Optional[int]], secret: Optional[str] = None) -> int:
+    """Run a command's body (``func``, returning an exit code or None for 0); expected failures become one line
+    ``prog: error: ...`` on stderr and a non-zero exit code, with ``secret`` (a token) shown as ``***``.
 
     An interrupt says that nothing was left half-written, unless the code interrupted re-raised it with its own
     message: ``predict`` keeps its partial CSV for ``--resume`` and says where it is.
@@ -66,13 +56,8 @@ def run_command(
         return 1
     except UserError as e:
         return say_error(prog, str(e), secret)
-    except Exception as e:  # noqa: BLE001 (narrowed below: unexpected errors are re-raised with their traceback)
-        message = translate(e) if translate is not None else None
-        if message is None and isinstance(e, OSError):
-            message = f'{e.filename}: {describe_os_error(e)}' if e.filename else describe_os_error(e)
-        if message is None:
-            raise
-        return say_error(prog, message, secret)
+    except OSError as e:  # a file the user named, a full disk, ...; anything else keeps its traceback
+        return say_error(prog, f'{e.filename}: {describe_os_error(e)}' if e.filename else describe_os_error(e), secret)
     finally:
         if restore_sigterm is not None:
             signal.signal(signal.SIGTERM, restore_sigterm)

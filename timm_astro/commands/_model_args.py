@@ -1,7 +1,10 @@
-"""Arguments shared by the commands that load a model and feed it images (evaluate, predict, inspect)."""
+"""Arguments shared by the commands that load a model and feed it images (evaluate, predict)."""
 import argparse
 import sys
 from typing import Any, Dict
+
+from timm_astro.commands import positive_int
+from timm_astro.errors import UserError
 
 __all__ = ['add_model_arguments', 'add_data_config_arguments', 'data_config_overrides', 'load_model_from_args']
 
@@ -19,12 +22,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_data_config_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('preprocessing (default: the model\'s own, timm.data.resolve_model_data_config)')
-    group.add_argument('--img-size', type=int, default=None, help='input height and width')
+    group.add_argument('--img-size', type=positive_int, default=None, help='input height and width')
     group.add_argument('--crop-pct', type=float, default=None, help='center crop fraction')
     group.add_argument('--interpolation', default=None, help='resize interpolation (bicubic, bilinear, ...)')
     group.add_argument('--mean', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
     group.add_argument('--std', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
-    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--batch-size', type=positive_int, default=64)
     parser.add_argument('--workers', type=int, default=2, help='DataLoader worker processes (0: in this process)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 
@@ -33,16 +36,11 @@ def data_config_overrides(args: argparse.Namespace, in_chans: int = 3) -> Dict[s
     """The preprocessing options given on the command line, as a timm data config fragment."""
     config: Dict[str, Any] = {}
     if args.img_size is not None:
-        if args.img_size < 1:
-            from timm_astro.errors import UserError
-            raise UserError(f'--img-size must be at least 1, got {args.img_size}')
         config['input_size'] = (in_chans, args.img_size, args.img_size)
-    for key in ('crop_pct', 'interpolation'):
-        if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
-    for key in ('mean', 'std'):
-        if getattr(args, key) is not None:
-            config[key] = tuple(getattr(args, key))
+    for key in ('crop_pct', 'interpolation', 'mean', 'std'):
+        value = getattr(args, key)
+        if value is not None:
+            config[key] = tuple(value) if isinstance(value, list) else value
     return config
 
 
@@ -50,10 +48,7 @@ def load_model_from_args(args: argparse.Namespace, prog: str):
     """The model the arguments name; a bare model name without ``--checkpoint`` is loaded with a warning, since its
     weights are random (nothing here downloads pretrained weights) and its figures are those of an untrained model."""
     import timm
-    from timm_astro.errors import UserError
     from timm_astro.loading import load_model
-    if args.batch_size < 1:
-        raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
     if args.workers < 0:
         raise UserError(f'--workers must be at least 0, got {args.workers}')
     kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}
