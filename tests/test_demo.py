@@ -101,13 +101,11 @@ def test_bad_options(tmp_path, capsys, args, message):
 def test_odd_batch_is_refused_when_the_recipe_mixes(tmp_path, capsys, monkeypatch, args, message):
     """Mixup pairs images: with it on, an odd batch is one line before any work; with it off (the tuned low-data
     recipe), an odd batch passes the checks."""
-    monkeypatch.setattr(demo, 'MIXUP', True)
     monkeypatch.setattr(demo, 'LOWDATA_GALAXY_RECIPE', {**LOWDATA_GALAXY_RECIPE, 'mixup': 0.8})
     assert main(['--output', str(tmp_path / 'x')] + args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count('\n') == 1, err
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(demo, 'MIXUP', False)
     monkeypatch.setattr(demo, 'LOWDATA_GALAXY_RECIPE', {**LOWDATA_GALAXY_RECIPE, 'mixup': 0.0})
     recipe = demo._check(demo._parse(['--output', str(tmp_path / 'x')] + args))
     assert recipe['batch_size'] % 2 == 1

@@ -1,10 +1,9 @@
 """Train a classifier in-process the way timm's train.py does, from train.py's own arguments.
 
 A recipe is a mapping of train.py ``--config`` keys (its argparse dest names: ``lr``, ``weight_decay``, ``mixup``,
-``aa``, ...), so a recipe file in ``train_configs/`` means the same here as under train.py. ``train_args`` fills in
-train.py's defaults for the keys this loop implements and refuses keys it does not (so a recipe never silently
-means something else here); ``train_classifier`` then builds everything with timm's own factories, as train.py
-does: ``create_loader`` (augmentation), ``Mixup``, the loss train.py picks, ``create_optimizer_v2`` with
+``aa``, ...), so a recipe file in ``train_configs/`` means the same here as under train.py. ``train_args`` turns
+it into train.py's arguments; ``train_classifier`` builds everything with timm's own factories, as train.py does:
+``create_loader`` (augmentation), ``Mixup``, the loss train.py picks, ``create_optimizer_v2`` with
 ``optimizer_kwargs`` (layer decay included), ``create_scheduler_v2`` with ``scheduler_kwargs``, and ``ModelEmaV3``.
 
 Not implemented (train.py-only): distributed training, AMP loss scaling, gradient accumulation, the prefetcher,
@@ -14,7 +13,7 @@ real training runs.
 import argparse
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -26,8 +25,7 @@ __all__ = ['TRAIN_DEFAULTS', 'IGNORED_KEYS', 'mixes', 'train_args', 'train_class
 # The train.py options this loop implements, with train.py's own defaults (pytorch-image-models train.py).
 TRAIN_DEFAULTS: Dict[str, Any] = {
     'batch_size': 128, 'epochs': 300, 'opt': 'sgd', 'opt_eps': None, 'opt_betas': None, 'momentum': 0.9,
-    'weight_decay': 2e-5, 'clip_grad': None, 'clip_mode': 'norm', 'layer_decay': None,
-    'lr': None, 'lr_base': 0.1, 'lr_base_size': 256, 'lr_base_scale': '',
+    'weight_decay': 2e-5, 'layer_decay': None, 'lr': None, 'lr_base': 0.1, 'lr_base_size': 256, 'lr_base_scale': '',
     'sched': 'cosine', 'sched_on_updates': False, 'warmup_lr': 1e-5, 'min_lr': 0.0, 'warmup_epochs': 5,
     'warmup_prefix': False, 'cooldown_epochs': 0, 'decay_rate': 0.1, 'decay_epochs': 90,
     'lr_cycle_decay': 0.5, 'lr_cycle_limit': 1, 'lr_cycle_mul': 1.0, 'lr_k_decay': 1.0,
@@ -35,8 +33,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     'color_jitter': 0.4, 'aa': None, 'reprob': 0.0, 'remode': 'pixel', 'recount': 1,
     'train_interpolation': 'random',
     'mixup': 0.0, 'cutmix': 0.0, 'cutmix_minmax': None, 'mixup_prob': 1.0, 'mixup_switch_prob': 0.5,
-    'mixup_mode': 'batch', 'mixup_off_epoch': 0, 'smoothing': 0.1, 'bce_loss': False,
-    'drop': 0.0, 'drop_path': None,
+    'mixup_mode': 'batch', 'smoothing': 0.1, 'drop': 0.0, 'drop_path': None,
     'model_ema': False, 'model_ema_decay': 0.9998, 'model_ema_warmup': False,
     'seed': 42,
 }
@@ -45,9 +42,10 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
 # (the caller builds the model and the dataset).
 IGNORED_KEYS = {
     'device_modules', 'model', 'num_classes', 'label_names', 'img_size', 'input_size', 'in_chans', 'train_split',
-    'val_split', 'data_dir', 'dataset', 'dataset_download', 'amp', 'amp_dtype', 'workers', 'output', 'experiment', 'log_interval',
-    'checkpoint_hist', 'eval_metric', 'pin_mem', 'crop_pct', 'mean', 'std', 'interpolation', 'grad_accum_steps',
-    'drop_block', 'pretrained', 'channels_last', 'torchcompile', 'grad_checkpointing', 'model_kwargs',
+    'val_split', 'data_dir', 'dataset', 'dataset_download', 'amp', 'amp_dtype', 'workers', 'output', 'experiment',
+    'log_interval', 'checkpoint_hist', 'eval_metric', 'pin_mem', 'crop_pct', 'mean', 'std', 'interpolation',
+    'grad_accum_steps', 'drop_block', 'pretrained', 'channels_last', 'torchcompile', 'grad_checkpointing',
+    'model_kwargs',
 }
 
 
@@ -57,13 +55,13 @@ def mixes(recipe: Mapping[str, Any]) -> bool:
     return (recipe.get('mixup') or 0) > 0 or (recipe.get('cutmix') or 0) > 0 or recipe.get('cutmix_minmax') is not None
 
 
-def train_args(recipe: Optional[Mapping[str, Any]] = None, **overrides: Any) -> argparse.Namespace:
-    """train.py's arguments for ``recipe`` (+ ``overrides``): its defaults for every key not given.
+def train_args(recipe: Optional[Mapping[str, Any]] = None) -> argparse.Namespace:
+    """train.py's arguments for ``recipe``: its defaults for every key not given.
 
     Raises a UserError naming any key this loop does not implement (rather than ignoring it, as train.py does
     with unknown keys).
     """
-    given = {**(recipe or {}), **overrides}
+    given = dict(recipe or {})
     unknown = sorted(k for k in given if k not in TRAIN_DEFAULTS and k not in IGNORED_KEYS)
     if unknown:
         raise UserError(f"recipe keys not implemented by timm_astro.training: {', '.join(unknown)}; it implements "
@@ -83,9 +81,8 @@ def train_args(recipe: Optional[Mapping[str, Any]] = None, **overrides: Any) -> 
     for key, closed in (('drop_path', False), ('drop', False), ('smoothing', False), ('mixup_prob', True),
                         ('reprob', True), ('hflip', True), ('vflip', True)):
         value = getattr(args, key)
-        if value is None:
-            continue
-        if not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+        if value is not None and (not isinstance(value, (int, float))
+                                  or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0)):
             raise UserError(f'{key} must be in [0, 1{"]" if closed else ")"}, got {value!r}')
     if mixes(vars(args)) and args.batch_size % 2:
         raise UserError(f'batch_size must be even when mixup/cutmix is on (Mixup pairs each image with another), '
@@ -122,7 +119,6 @@ def train_classifier(
         device: torch.device = torch.device('cpu'),
         workers: int = 0,
         on_epoch_end: Optional[Callable[[int, nn.Module, Dict[str, float]], Optional[Dict[str, float]]]] = None,
-        progress: Optional[Callable[[Iterable], Iterable]] = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` (a timm ImageDataset; its transform is set here) with ``args`` from
     ``train_args``, as train.py would, and return the trained model and the per-epoch history.
@@ -130,13 +126,12 @@ def train_classifier(
     Args:
         data_config: ``input_size``, ``mean``, ``std`` (``timm.data.resolve_model_data_config`` gives them).
         on_epoch_end: Called as ``f(epoch, model_to_evaluate, stats)``; a dict it returns joins the history.
-        progress: Wraps each epoch's batches (e.g. a tqdm factory).
     """
     from timm.data import Mixup, create_loader
-    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2, optimizer_kwargs
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-    from timm.utils import ModelEmaV3, dispatch_clip_grad, random_seed
+    from timm.utils import ModelEmaV3, random_seed
 
     random_seed(args.seed)
     model.to(device)
@@ -150,38 +145,33 @@ def train_classifier(
     if updates_per_epoch == 0:
         raise UserError(f'{len(dataset)} training images make no batch of {args.batch_size} (the last, incomplete '
                         f'batch is dropped, as in train.py): lower batch_size to at most {len(dataset)}')
-    mixup_active = mixes(vars(args))
     mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                   prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                  label_smoothing=args.smoothing, num_classes=num_classes) if mixup_active else None
+                  label_smoothing=args.smoothing, num_classes=num_classes) if mixes(vars(args)) else None
+    # the loss train.py picks: Mixup's targets carry the smoothing
     if mixup is not None:
-        loss_fn: nn.Module = BinaryCrossEntropy(target_threshold=None) if args.bce_loss else SoftTargetCrossEntropy()
+        loss_fn: nn.Module = SoftTargetCrossEntropy()
     elif args.smoothing:
-        loss_fn = BinaryCrossEntropy(smoothing=args.smoothing) if args.bce_loss else \
-            LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+        loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     else:
         loss_fn = nn.CrossEntropyLoss()
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
-    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)
+    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup) if args.model_ema else None
 
     history: List[Dict[str, float]] = []
     updates, cpu_start, wall_start = 0, time.process_time(), time.perf_counter()
     for epoch in range(num_epochs):
-        if mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            mixup.mixup_enabled = False
         model.train()
         loss_sum, seen = 0.0, 0
-        batches = progress(loader) if progress is not None else loader
-        for images, targets in batches:
+        for images, targets in loader:
             images, targets = images.to(device), targets.to(device)
             if mixup is not None:
                 images, targets = mixup(images, targets)
             loss = loss_fn(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if args.clip_grad is not None:
-                dispatch_clip_grad(model.parameters(), value=args.clip_grad, mode=args.clip_mode)
             optimizer.step()
             updates += 1
             if ema is not None:
@@ -190,7 +180,7 @@ def train_classifier(
             loss_sum += loss.item() * images.shape[0]
             seen += images.shape[0]
         scheduler.step(epoch + 1)
-        stats = {'epoch': epoch + 1, 'train_loss': loss_sum / max(seen, 1), 'lr': optimizer.param_groups[0]['lr']}
+        stats = {'epoch': epoch + 1, 'train_loss': loss_sum / seen, 'lr': optimizer.param_groups[0]['lr']}
         if on_epoch_end is not None:
             stats.update(on_epoch_end(epoch + 1, ema.module if ema is not None else model, stats) or {})
         history.append(stats)

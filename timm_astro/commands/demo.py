@@ -1,10 +1,8 @@
 """``timm-astro demo``: the whole pipeline on this machine, no downloads, a few minutes on 2 CPU cores.
 
 1. Renders a synthetic galaxy-morphology ImageFolder (``timm_astro.data.synthetic_galaxies``).
-2. Trains an Astroformer with the low-data galaxy recipe (``timm_astro.recipes``, also
-   ``train_configs/galaxy_lowdata_astroformer_small.yaml`` for train.py) through ``timm_astro.training``, which
-   builds every piece with timm's own factories as train.py does; ``--epochs``, ``--batch-size`` and ``--lr``
-   override the recipe's values to fit the demo's budget.
+2. Trains an Astroformer with the low-data galaxy recipe (``timm_astro.recipes``) through ``timm_astro.training``
+   (timm's own factories, as train.py); ``--epochs``, ``--batch-size`` and ``--lr`` fit it to the demo's budget.
 3. Evaluates the trained model on the validation split as ``timm-astro evaluate`` does (``evaluation/``: metrics,
    confusion matrix, reliability diagram, per-image CSV, plain and with D4 test-time symmetry), draws the learned
    relative-position kernels, and writes the model as a Hub-ready folder that it reloads with
@@ -13,9 +11,7 @@
 Everything is built in a partial folder beside ``--output`` and renamed into place at the end.
 """
 import argparse
-import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -24,17 +20,15 @@ import torch
 from PIL import Image, ImageDraw
 
 import timm
-from timm.data import create_dataset, create_transform, resolve_model_data_config
+from timm.data import create_dataset, resolve_model_data_config
 
 from timm_astro.commands import run_command
 from timm_astro.data.synthetic_galaxies import CLASS_NAMES, LABEL_NAMES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, \
     write_image_folder
 from timm_astro.errors import UserError
-from timm_astro.outputs import atomic_output_dir, check_output_location
+from timm_astro.outputs import atomic_output_dir, write_json
 from timm_astro.recipes import LOWDATA_GALAXY_RECIPE
-from timm_astro.training import mixes
-
-MIXUP = mixes(LOWDATA_GALAXY_RECIPE)
+from timm_astro.training import mixes, train_args, train_classifier
 
 PROG = 'timm-astro demo'
 CREATED_BY = 'timm-astro demo'
@@ -63,7 +57,9 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def _check(args: argparse.Namespace) -> Dict[str, Any]:
     """Every option checked before any work; returns the recipe (train.py's keys) the demo trains with."""
-    from timm_astro.training import train_args
+    recipe = {**LOWDATA_GALAXY_RECIPE, 'epochs': args.epochs, 'batch_size': args.batch_size, 'lr': args.lr,
+              'drop_path': args.drop_path, 'seed': args.seed,
+              'warmup_epochs': 1 if args.epochs > 2 else 0, 'warmup_lr': args.lr / 10, 'min_lr': args.lr / 100}
     for name in ('epochs', 'images_per_class', 'val_per_class', 'batch_size'):
         if getattr(args, name) < 1:
             raise UserError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
@@ -80,10 +76,10 @@ def _check(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError(f'--batch-size {args.batch_size} is more than the {num_train} training images '
                         f'(--images-per-class {args.images_per_class} x {len(CLASS_NAMES)} classes): no batch would '
                         f'be complete; lower --batch-size or raise --images-per-class')
-    if MIXUP and args.batch_size % 2:
+    if mixes(recipe) and args.batch_size % 2:
         raise UserError(f'--batch-size must be even, got {args.batch_size}: the demo trains with Mixup/CutMix, which '
                         f'pairs each image with another')
-    if args.model not in timm.list_models():
+    if not timm.is_model(args.model):
         raise UserError(f'unknown model {args.model!r}; Astroformer models: '
                         f'{", ".join(timm.list_models("astroformer*"))}')
     try:  # the model's own size rules, on the meta device: costs nothing, fails before any rendering
@@ -92,42 +88,35 @@ def _check(args: argparse.Namespace) -> Dict[str, Any]:
             model(torch.empty(2, 3, args.image_size, args.image_size, device='meta'))
     except (ValueError, RuntimeError) as e:
         raise UserError(f'--model {args.model} cannot run at --image-size {args.image_size}: {e}') from None
-    recipe = {**LOWDATA_GALAXY_RECIPE, 'epochs': args.epochs, 'batch_size': args.batch_size, 'lr': args.lr,
-              'drop_path': args.drop_path, 'seed': args.seed,
-              'warmup_epochs': 1 if args.epochs > 2 else 0, 'warmup_lr': args.lr / 10, 'min_lr': args.lr / 100}
-    train_args(recipe)  # the recipe's own checks (e.g. an even batch for Mixup), before any work
+    train_args(recipe)  # the recipe's own checks (train.py's ranges), before any work
     return recipe
 
 
-def contact_sheet(data_root: Path, path: Path, per_class: int = 8, scale: int = 4) -> None:
+def contact_sheet(data_root: Path, path: Path, image_size: int, per_class: int = 8, scale: int = 4) -> None:
     """A grid of training images, one labelled row per class."""
-    label_width, rows = 200, []
-    for class_name, label in zip(CLASS_NAMES, LABEL_NAMES):
-        files = sorted((data_root / 'train' / class_name).glob('*.png'))[:per_class]
-        rows.append((label, [Image.open(f).convert('RGB') for f in files]))
-    size = rows[0][1][0].width * scale
-    sheet = Image.new('RGB', (label_width + per_class * (size + 2), len(rows) * (size + 2)), 'white')
+    label_width, size = 200, image_size * scale
+    sheet = Image.new('RGB', (label_width + per_class * (size + 2), len(CLASS_NAMES) * (size + 2)), 'white')
     draw = ImageDraw.Draw(sheet)
-    for r, (class_name, images) in enumerate(rows):
+    for r, (class_name, label) in enumerate(zip(CLASS_NAMES, LABEL_NAMES)):
         y = r * (size + 2)
-        draw.text((4, y + size // 2 - 6), class_name, fill='black')
-        for c, image in enumerate(images):
-            sheet.paste(image.resize((size, size), Image.NEAREST), (label_width + c * (size + 2), y))
+        draw.text((4, y + size // 2 - 6), label, fill='black')
+        for c, file in enumerate(sorted((data_root / 'train' / class_name).glob('*.png'))[:per_class]):
+            with Image.open(file) as image:
+                sheet.paste(image.resize((size, size), Image.NEAREST), (label_width + c * (size + 2), y))
     sheet.save(path)
 
 
-def training_curves(history: List[Dict[str, float]], path: Path) -> bool:
+def training_curves(history: List[Dict[str, float]], path: Path, mixup: bool) -> bool:
     """Loss and validation accuracy per epoch; False when matplotlib is missing."""
-    from timm_astro.errors import MissingDependency
     from timm_astro.evaluation.plots import pyplot
     try:
         plt = pyplot()
-    except MissingDependency:
+    except UserError:  # MissingDependency
         return False
     epochs = [h['epoch'] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax_loss.plot(epochs, [h['train_loss'] for h in history], marker='o',
-                 label='train (label smoothing' + (', Mixup)' if MIXUP else ')'))
+                 label='train (label smoothing' + (', Mixup)' if mixup else ')'))
     ax_loss.plot(epochs, [h['val_loss'] for h in history], marker='o', label='validation')
     ax_loss.set_xlabel('epoch'), ax_loss.set_ylabel('loss'), ax_loss.legend()
     ax_acc.plot(epochs, [h['val_top1'] for h in history], marker='o', color='C2')
@@ -142,11 +131,10 @@ def training_curves(history: List[Dict[str, float]], path: Path) -> bool:
 def run(args: argparse.Namespace) -> Dict[str, object]:
     from timm_astro.evaluation.evaluate import evaluate, open_labelled_data, summary_table, write_report
     from timm_astro.hub import export_model
-    from timm_astro.training import train_args, train_classifier
+    from timm_astro.inspection import write_kernel_pictures
     start = time.time()
     recipe = _check(args)
     output = Path(args.output)
-    check_output_location(output, overwrite=args.overwrite, created_by=CREATED_BY)
     num_classes = len(CLASS_NAMES)
     with atomic_output_dir(output, CREATED_BY, overwrite=args.overwrite) as tmp:
         data_root = tmp / 'data'
@@ -154,19 +142,19 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
               f'({num_classes} classes, {args.image_size} px) into {output / "data"}')
         write_image_folder(data_root, args.images_per_class, num_val_per_class=args.val_per_class, seed=args.seed,
                            image_size=args.image_size)
-        contact_sheet(data_root, tmp / 'contact_sheet.png')
+        contact_sheet(data_root, tmp / 'contact_sheet.png', args.image_size)
         data_seconds = time.time() - start
 
         model = timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path)
-        data_config = resolve_model_data_config(model)
-        data_config.update(input_size=(3, args.image_size, args.image_size), crop_pct=1.0)
+        model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': list(LABEL_NAMES)}  # for the evaluation
+        data_config = resolve_model_data_config(
+            model, args={'input_size': (3, args.image_size, args.image_size), 'crop_pct': 1.0})
         train_set = create_dataset('', root=str(data_root), split='train', is_training=True)
         val_data = open_labelled_data(data_root, 'validation')
 
         def validate(epoch: int, trained: torch.nn.Module, stats: Dict[str, float]) -> Dict[str, float]:
             result = evaluate(trained, val_data, data_config=data_config, batch_size=args.batch_size,
                               workers=args.workers, progress=False)
-            trained.train()
             metrics = result.metrics['none']
             print(f"epoch {epoch:2d}  train loss {stats['train_loss']:.3f}  val loss {metrics['log_loss']:.3f}  "
                   f"val top-1 {metrics['top1']:.1f}%")
@@ -176,13 +164,16 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                                    num_classes=num_classes, workers=args.workers, on_epoch_end=validate)
         history = trained.history
         model = trained.final_model.eval()
-        curves = training_curves(history, tmp / 'training_curves.png')
+        curves = training_curves(history, tmp / 'training_curves.png', mixes(recipe))
 
-        model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': list(LABEL_NAMES)}
         evaluation = evaluate(model, val_data, data_config=data_config, tta='d4', batch_size=args.batch_size,
                               workers=args.workers, progress=False)
         write_report(evaluation, tmp / 'evaluation', plots=curves)
-        kernels = _kernel_pictures(model, tmp / 'kernel', args.image_size)
+        try:  # the learned kernels W at the demo's feature size
+            feature_size = (args.image_size // model.feature_info[-1]['reduction'],) * 2
+            kernels = write_kernel_pictures(model, tmp / 'kernel', feature_size=feature_size)
+        except UserError:  # no relative-position kernel to draw (a peer, rel_pos_type='none'), or no matplotlib
+            kernels = []
 
         model_dir = export_model(
             model, tmp / 'model', label_names=list(LABEL_NAMES), data_config=data_config,
@@ -190,9 +181,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             dataset='synthetic galaxies (timm-astro demo)', train_args={'model': args.model, **recipe,
                                                                         'img_size': args.image_size})
         reloaded = timm.create_model(f'local-dir:{model_dir}', pretrained=True).eval()
-        transform = create_transform(**data_config, is_training=False)
-        images = torch.stack([transform(Image.open(data_root / 'validation' / item).convert('RGB'))
-                              for item in val_data.item_ids[:8]])
+        images = torch.randn(8, *data_config['input_size'])
         with torch.no_grad():
             identical = torch.equal(model(images), reloaded(images))
         if not identical:
@@ -203,7 +192,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             validation_top1_d4=evaluation.metrics['d4']['top1'], epochs=len(history), train_images=len(train_set),
             val_images=len(val_data.item_ids), image_size=args.image_size, seconds=round(time.time() - start, 1),
             data_seconds=round(data_seconds, 1), reload_identical=identical, recipe=recipe, history=history)
-        (tmp / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+        write_json(tmp / 'summary.json', summary)
     print(f"\nvalidation top-1 {summary['validation_top1']:.1f}% ({num_classes} classes, chance "
           f"{summary['chance']:.1f}%) after {len(history)} epochs on {len(train_set)} images, {summary['seconds']} s")
     print(summary_table(evaluation))
@@ -218,22 +207,6 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         print(f"learned kernels: {output / 'kernel'}")
     print(f"Hub-ready model: {output / 'model'}  (timm-astro push {output / 'model'} ORG/REPO)")
     return summary
-
-
-def _kernel_pictures(model: torch.nn.Module, folder: Path, image_size: int) -> bool:
-    """The learned relative-position kernels W at the demo's feature size, one picture per head; False without
-    matplotlib."""
-    from timm_astro.errors import MissingDependency
-    from timm_astro.inspection import write_kernel_pictures
-    from timm_astro.layers import RelativeAttention2d
-    if not any(isinstance(m, RelativeAttention2d) and m.rel_pos is not None for m in model.modules()):
-        return False  # a peer, or rel_pos_type='none': no kernel to draw
-    reduction = model.feature_info[-1]['reduction']
-    try:
-        write_kernel_pictures(model, folder, feature_size=(image_size // reduction,) * 2)
-    except MissingDependency:
-        return False
-    return True
 
 
 def main(argv: Optional[List[str]] = None) -> int:

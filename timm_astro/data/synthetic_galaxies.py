@@ -1,21 +1,15 @@
 """Synthetic galaxy-morphology images: a small, download-free stand-in for Galaxy10.
 
-Each image is rendered from a physically motivated light model rather than drawn by hand:
-
-* smooth galaxies are Sersic profiles (``I(r) ~ exp(-b_n ((r / r_e) ** (1 / n) - 1))``) with a random index and
-  axis ratio, in the red colour of an old stellar population;
-* disks are exponential profiles seen at a random inclination, with logarithmic spiral arms
-  (``phi = ln(r) / tan(pitch)``) of random pitch angle and arm count, a redder bulge and bluer star-forming arms;
-* barred spirals add an elongated bar whose ends launch the arms; edge-on disks are thin exponential slabs with an
-  optional reddening dust lane; mergers are two galaxies (either kind) with a faint tidal tail.
-
-Every image then gets a random position, orientation and size, sometimes a field star, a Gaussian PSF, a sky level
-and Poisson noise, and is mapped to 8 bit with a colour-preserving asinh stretch (as survey colour images are).
+Each image is rendered from a physically motivated light model rather than drawn by hand (``_smooth``, ``_disk``,
+``_edge_on``, ``_merger``: Sersic spheroids, inclined exponential disks with logarithmic spiral arms and bars,
+edge-on slabs with dust lanes, two-galaxy mergers with a tidal tail; old stars red, young stars blue), placed at a
+random position, orientation and size, sometimes beside a field star, seen through a Gaussian PSF with a sky level
+and Poisson noise, and mapped to 8 bit with a colour-preserving asinh stretch (as survey colour images are).
 Rendering is vectorised numpy (small images on an oversampled grid); thousands of 32x32 or 64x64 images take seconds.
 
-The classes mirror Galaxy10's morphologies, and the folder names sort in class-id order so that timm's
-ImageFolder reader (``timm.data.create_dataset('', root=..., split='train')``) assigns label ``i`` to
-``CLASS_NAMES[i]``. Output is deterministic: the same seed gives byte-identical PNG files.
+The classes mirror Galaxy10's morphologies; the folder names sort in class-id order, so timm's ImageFolder reader
+(``timm.data.create_dataset('', root=..., split='train')``) assigns label ``i`` to ``CLASS_NAMES[i]``. The same
+seed gives byte-identical PNG files.
 """
 import math
 from pathlib import Path
@@ -24,6 +18,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from timm_astro.data.splits import SPLITS  # their order keys each image's random stream
 from timm_astro.outputs import atomic_output_dir
 
 __all__ = [
@@ -44,7 +39,6 @@ CLASS_NAMES: Tuple[str, ...] = (
 )
 # Human-readable labels, in the same order (what a model's config.json ``label_names`` should hold).
 LABEL_NAMES: Tuple[str, ...] = tuple(name.split('_', 1)[1].replace('_', ' ') for name in CLASS_NAMES)
-SPLITS: Tuple[str, ...] = ('train', 'validation', 'test')  # the order keys each image's random stream
 
 CREATED_BY = 'timm-astro synthetic galaxies'
 MIN_IMAGE_SIZE = 16
@@ -105,37 +99,31 @@ def _spiral_pattern(
 
 
 def _smooth(
-        x: np.ndarray,
-        y: np.ndarray,
+        u: np.ndarray,
+        v: np.ndarray,
         rng: np.random.Generator,
         scale: float,
-        centre: Tuple[float, float],
-        angle: float,
         q_range: Tuple[float, float],
         n_range: Tuple[float, float],
 ) -> np.ndarray:
     """Smooth (elliptical) galaxy: one red Sersic component of random index ``n`` and axis ratio ``q``."""
     n = rng.uniform(*n_range)
     q = rng.uniform(*q_range)
-    u, v = _frame(x, y, centre[0], centre[1], angle)
     r = np.sqrt(u * u + (v / q) ** 2)
     return _combine([(_unit(_sersic(r, scale, n)), _jitter(_OLD_STARS, rng))])
 
 
 def _disk(
-        x: np.ndarray,
-        y: np.ndarray,
+        u: np.ndarray,
+        v: np.ndarray,
         rng: np.random.Generator,
         scale: float,
-        centre: Tuple[float, float],
-        angle: float,
         q_range: Tuple[float, float] = (0.45, 1.0),
         barred: bool = False,
         arm_strength: Tuple[float, float] = (0.35, 0.65),
 ) -> np.ndarray:
     """Disk galaxy: Sersic bulge + exponential disk (+ bar) (+ logarithmic spiral arms), at an inclination."""
     q = rng.uniform(*q_range)  # cos(inclination)
-    u, v = _frame(x, y, centre[0], centre[1], angle)
     v = v / q  # de-project onto the disk plane
     r = np.sqrt(u * u + v * v)
     phi = np.arctan2(v, u)
@@ -154,8 +142,7 @@ def _disk(
     if barred:
         bar_len = h * rng.uniform(0.9, 1.7)
         bar_axis = rng.uniform(0.18, 0.32)
-        bar_angle = phase
-        bu, bv = _frame(u, v, 0.0, 0.0, bar_angle)
+        bu, bv = _frame(u, v, 0.0, 0.0, phase)  # the arms start at the bar's ends
         bar = _sersic(np.sqrt((bu / bar_len) ** 2 + (bv / (bar_len * bar_axis)) ** 2), 0.55, 0.5)  # flat, sharp-ended
         bar_frac = rng.uniform(0.25, 0.45)
         components.append((bar_frac * disk_frac * _unit(bar), _jitter(_OLD_STARS * 0.5 + _DISK_STARS * 0.5, rng)))
@@ -176,16 +163,8 @@ def _disk(
     return _combine(components)
 
 
-def _edge_on(
-        x: np.ndarray,
-        y: np.ndarray,
-        rng: np.random.Generator,
-        scale: float,
-        centre: Tuple[float, float],
-        angle: float,
-) -> np.ndarray:
+def _edge_on(u: np.ndarray, v: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
     """Edge-on disk: thin exponential slab (sech^2 vertically), small bulge, often a reddening dust lane."""
-    u, v = _frame(x, y, centre[0], centre[1], angle)
     h = scale / 1.678 * rng.uniform(0.9, 1.25)
     z0 = h * rng.uniform(0.08, 0.22)
     disk = np.exp(-np.abs(u) / h) / np.cosh(v / z0) ** 2
@@ -221,14 +200,13 @@ def _merger(
     for k, (sign, flux) in enumerate(((1.0, 1.0), (-1.0, flux_ratio))):
         c = (centre[0] + sign * offset[0], centre[1] + sign * offset[1])
         sub_scale = scale * rng.uniform(0.5, 0.85)
-        sub_angle = rng.uniform(0.0, math.pi)
+        u, v = _frame(x, y, c[0], c[1], rng.uniform(0.0, math.pi))
         if rng.random() < 0.5:
-            total += flux * _smooth(x, y, rng, sub_scale, c, sub_angle, q_range=(0.5, 1.0), n_range=(1.5, 4.0))
+            total += flux * _smooth(u, v, rng, sub_scale, q_range=(0.5, 1.0), n_range=(1.5, 4.0))
         else:
-            total += flux * _disk(x, y, rng, sub_scale, c, sub_angle, q_range=(0.4, 1.0), arm_strength=(0.1, 0.35))
+            total += flux * _disk(u, v, rng, sub_scale, q_range=(0.4, 1.0), arm_strength=(0.1, 0.35))
         if k == 0:
             # tidal tail: a single, loosely wound, broad arm reaching well outside the galaxy
-            u, v = _frame(x, y, c[0], c[1], sub_angle)
             r = np.sqrt(u * u + v * v)
             tail = _spiral_pattern(r, np.arctan2(v, u), 1, rng.uniform(25.0, 45.0), rng.uniform(0, 2 * math.pi),
                                    sub_scale, sharpness=rng.uniform(3.0, 6.0))
@@ -271,23 +249,23 @@ def render_galaxy(class_id: int, rng: np.random.Generator, image_size: int = 64)
     grid = image_size * oversample
     # pixel centres in units of the image width, origin at the image centre
     axis = (np.arange(grid, dtype=np.float64) + 0.5) / grid - 0.5
-    x, y = axis[None, :], axis[:, None]
-    x, y = np.broadcast_to(x, (grid, grid)), np.broadcast_to(y, (grid, grid))
+    x, y = np.meshgrid(axis, axis)
 
     centre = (float(rng.uniform(-0.08, 0.08)), float(rng.uniform(-0.08, 0.08)))
     angle = rng.uniform(0.0, math.pi)
     scale = rng.uniform(0.07, 0.15)  # half-light radius, fraction of the image width
 
+    u, v = _frame(x, y, centre[0], centre[1], angle)  # the galaxy's own frame; a merger places its two members
     if class_id == 0:
-        flux = _smooth(x, y, rng, scale, centre, angle, q_range=(0.72, 1.0), n_range=(2.0, 6.0))
+        flux = _smooth(u, v, rng, scale, q_range=(0.72, 1.0), n_range=(2.0, 6.0))
     elif class_id == 1:
-        flux = _smooth(x, y, rng, scale * 1.2, centre, angle, q_range=(0.28, 0.55), n_range=(1.0, 4.0))
+        flux = _smooth(u, v, rng, scale * 1.2, q_range=(0.28, 0.55), n_range=(1.0, 4.0))
     elif class_id == 2:
-        flux = _disk(x, y, rng, scale * 1.25, centre, angle, barred=False)
+        flux = _disk(u, v, rng, scale * 1.25, barred=False)
     elif class_id == 3:
-        flux = _disk(x, y, rng, scale * 1.25, centre, angle, barred=True)
+        flux = _disk(u, v, rng, scale * 1.25, barred=True)
     elif class_id == 4:
-        flux = _edge_on(x, y, rng, scale * 1.25, centre, angle)
+        flux = _edge_on(u, v, rng, scale * 1.25)
     else:
         flux = _merger(x, y, rng, scale, centre, angle)
 
