@@ -5,13 +5,15 @@
 
 * ``'table'``, ``RelPosBiasTable``: timm's ``RelPosBias``, one learned value per head and 2-D offset (the official
   models' layout and state-dict keys). At another size the table is resized with timm's
-  ``resize_rel_pos_bias_table``, the rule timm applies when it loads a checkpoint, so running a model at a new size
-  equals loading its weights into a model built for that size.
+  ``resize_rel_pos_bias_table``, the rule of timm's checkpoint loading, so running a model at a new size equals
+  loading its weights into a model built for that size.
 * ``'fourier'``, ``RelPosBiasFourier``: a band-limited kernel ``W_h[d] = sum_m a_hm cos(w_hm . d) + b_hm sin(w_hm . d)``
   with learned amplitudes and frequencies. It factorises exactly into per-position features,
   ``W_h[i - j] = f_h(i) . g_h(j)``, which are appended to q and k: SDPA then runs without a mask, forward and
   backward, for ``2 * num_freqs`` extra channels per head.
 * ``'none'``: no W at all (timm's ``Attention2d`` without ``rel_pos``): the maskless fused kernel.
+
+Both implement ``RelPosBiasBase``, what ``RelativeAttention2d`` needs of a W.
 
 Kernels (``attn_impl``): ``'sdpa'`` is ``F.scaled_dot_product_attention`` with the table as a 4-D mask. On CPU its
 flash kernel takes a mask that needs no grad, but a mask that requires grad (training the table) sends it to the
@@ -21,6 +23,7 @@ inside the kernel (no N x N tensor, gradients into the table), compiled; torch h
 CPU, so there it serves inference only. ``'auto'`` picks flex on CUDA when the table is trained, SDPA otherwise.
 ``'explicit'`` materialises ``softmax(logits) @ v`` (the reference; also what timm's ``TIMM_FUSED_ATTN=0`` selects).
 """
+import functools
 import math
 from typing import Any, Callable, Optional, Tuple
 
@@ -29,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.jit import Final
 
-from timm.layers import RelPosBias, resize_rel_pos_bias_table, trunc_normal_, use_fused_attn
+from timm.layers import RelPosBias, is_exporting, resize_rel_pos_bias_table, trunc_normal_, use_fused_attn
 from timm.layers.pos_embed_rel import gen_relative_position_index
 from timm.models import register_notrace_module
 
@@ -46,10 +49,8 @@ __all__ = [
 # 'table' rather than timm's 'bias': every form here is a bias; this one is timm's per-offset table (RelPosBias)
 REL_POS_TYPES = ('fourier', 'table', 'none')
 ATTN_IMPLS = ('auto', 'flex', 'sdpa', 'explicit')
-_TORCH_VERSION = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2])
 # gradients into tensors captured by a score_mod (the table) need torch >= 2.6
-_FLEX_TRAINS_TABLE = flex_attention is not None and _TORCH_VERSION >= (2, 6)
-_compiled_flex_attention: Optional[Callable] = None
+_FLEX_TRAINS_TABLE = flex_attention is not None and torch.__version__ >= (2, 6)
 
 
 def has_flex_attention(training: bool = False) -> bool:
@@ -57,21 +58,19 @@ def has_flex_attention(training: bool = False) -> bool:
     return _FLEX_TRAINS_TABLE if training else flex_attention is not None
 
 
-def _is_exporting() -> bool:
-    is_exporting = getattr(torch.compiler, 'is_exporting', None)
-    return bool(is_exporting is not None and is_exporting())
+@functools.cache
+def _compiled_flex_attention() -> Callable:
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _run_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable, scale: float):
     """FlexAttention compiled (eager FlexAttention is an unfused reference); inside torch.compile, called as is."""
-    global _compiled_flex_attention
-    if torch.compiler.is_compiling():
-        return flex_attention(q, k, v, score_mod=score_mod, scale=scale)
-    if _compiled_flex_attention is None:
-        _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex_attention(q, k, v, score_mod=score_mod, scale=scale)
+    run = flex_attention if torch.compiler.is_compiling() else _compiled_flex_attention()
+    return run(q, k, v, score_mod=score_mod, scale=scale)
 
 
+# a function, not a method: a scripted model's ignored _bias_at calls it on the RecursiveScriptModule, which has no
+# uncompiled methods
 def _table_at(table: torch.Tensor, window_size: Tuple[int, int], height: int, width: int) -> torch.Tensor:
     """A ``[(2h-1)(2w-1), heads]`` table built for ``window_size`` at a height x width map, by timm's resize rule."""
     if (height, width) == window_size:
@@ -112,11 +111,8 @@ class RelPosBiasBase(nn.Module):
 
 class RelPosBiasTable(RelPosBias, RelPosBiasBase):
     """timm's learned relative position table (``relative_position_bias_table``, ``[(2h-1)(2w-1), heads]``) at any
-    feature size.
-
-    At the build size (``window_size``) the bias is timm's own gather. At another size the table is resized with
-    timm's ``resize_rel_pos_bias_table`` (the rule of timm's checkpoint loading and ``set_window_size``) and gathered
-    for that size; a table of another size in a state dict is resized by the same rule on load.
+    feature size: timm's own gather at the build size (``window_size``), the table resized by timm's rule at another
+    size, and a table of another size in a state dict resized by the same rule on load.
     """
 
     def table_at(self, height: int, width: int) -> torch.Tensor:
@@ -182,9 +178,8 @@ class RelPosBiasTable(RelPosBias, RelPosBiasBase):
 class RelPosBiasFourier(RelPosBiasBase):
     """Band-limited relative position bias with learned frequencies, folded into the query and key channels.
 
-    ``W_h[d] = sum_m a_hm cos(w_hm . d) + b_hm sin(w_hm . d)`` for a 2-D offset ``d`` in pixels of the feature map.
-    ``relative_position_bias`` materialises it (inspection, explicit path); ``fused_inputs`` folds it into q/k
-    without ever building the N x N matrix.
+    ``W_h[d] = sum_m a_hm cos(w_hm . d) + b_hm sin(w_hm . d)`` for a 2-D offset ``d`` in pixels of the feature map;
+    ``fused_inputs`` folds it into q/k without ever building the N x N matrix.
     """
 
     def __init__(
@@ -333,7 +328,8 @@ class RelativeAttention2d(nn.Module):
                     f"attn_impl='flex' adds the table inside FlexAttention, so it needs rel_pos_type='table', got "
                     f"{rel_pos_type!r} (which runs maskless in SDPA already: use attn_impl='auto' or 'sdpa')")
             if flex_attention is None:
-                raise ValueError(f"attn_impl='flex' needs torch >= 2.5 (FlexAttention), this is torch {torch.__version__}")
+                raise ValueError(
+                    f"attn_impl='flex' needs torch >= 2.5 (FlexAttention), this is torch {torch.__version__}")
             if attn_drop:
                 raise ValueError(f"attn_impl='flex' has no attention dropout: use attn_drop=0 or attn_impl='sdpa'")
         self.num_heads = dim_out // dim_head
@@ -344,8 +340,6 @@ class RelativeAttention2d(nn.Module):
 
         self.qkv = nn.Conv2d(dim, dim_out * 3, 1, bias=bias, **dd)
         if key_context_kernel:
-            if dim_out % dim:
-                raise ValueError(f'key context conv is depthwise: dim_out ({dim_out}) must be a multiple of dim ({dim})')
             self.key_context = nn.Conv2d(
                 dim, dim_out, key_context_kernel, padding=key_context_kernel // 2, groups=dim, bias=bias, **dd)
         else:
@@ -373,7 +367,8 @@ class RelativeAttention2d(nn.Module):
             attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p, device=weight.device, dtype=weight.dtype, **kwargs)
         result = module.load_state_dict(attn.state_dict(), strict=False)  # keeps timm's initialisation
         if result.unexpected_keys:
-            raise ValueError(f'RelativeAttention2d({kwargs}) has no place for {result.unexpected_keys} of {type(attn).__name__}')
+            raise ValueError(
+                f'RelativeAttention2d({kwargs}) has no place for {result.unexpected_keys} of {type(attn).__name__}')
         return module
 
     def relative_position_bias(self, height: int, width: int) -> torch.Tensor:
@@ -418,9 +413,10 @@ class RelativeAttention2d(nn.Module):
     @torch.jit.ignore
     def _use_flex(self, x: torch.Tensor) -> bool:
         """Whether this call runs FlexAttention; refuses what torch cannot do (flex training on CPU)."""
-        if self.attn_impl == 'sdpa' or not isinstance(self.rel_pos, RelPosBiasTable) or _is_exporting():
+        if self.attn_impl == 'sdpa' or not isinstance(self.rel_pos, RelPosBiasTable) or is_exporting():
             return False  # an exported graph takes the SDPA form, same weights
-        training = torch.is_grad_enabled() and (x.requires_grad or self.rel_pos.relative_position_bias_table.requires_grad)
+        table = self.rel_pos.relative_position_bias_table
+        training = torch.is_grad_enabled() and (x.requires_grad or table.requires_grad)
         if self.attn_impl == 'auto':
             return x.is_cuda and training and _FLEX_TRAINS_TABLE and self.attn_drop.p == 0
         if training and x.device.type == 'cpu':
@@ -431,10 +427,6 @@ class RelativeAttention2d(nn.Module):
             raise NotImplementedError(
                 f"attn_impl='flex' training needs torch >= 2.6 (gradients into the table), this is {torch.__version__}")
         return True
-
-    @torch.jit.ignore
-    def _flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return _run_flex_attention(q, k, v, self.rel_pos.score_mod(height, width, q.dtype), self.scale)
 
     def forward(self, x: torch.Tensor, shared_rel_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x``: ``[B, dim, H, W]`` -> ``[B, dim_out, H, W]``. ``shared_rel_pos`` is in the signature because timm's
@@ -451,7 +443,7 @@ class RelativeAttention2d(nn.Module):
             x = attn @ v
         elif not torch.jit.is_scripting() and self._use_flex(x):
             q, k, v = self.qkv_heads(x)
-            x = self._flex(q, k, v, H, W)
+            x = _run_flex_attention(q, k, v, self.rel_pos.score_mod(H, W, q.dtype), self.scale)
         else:
             q, k, v, mask = self.fused_inputs(x)
             x = F.scaled_dot_product_attention(

@@ -45,15 +45,10 @@ class Astroformer(MaxxVit):
             cfg: MaxxVitCfg,
             img_size: Union[int, Tuple[int, int]] = 224,
             in_chans: int = 3,
-            num_classes: int = 1000,
-            global_pool: str = 'avg',
-            drop_rate: float = 0.,
-            drop_path_rate: float = 0.,
+            *,
             drop_block_rate: Optional[float] = None,
             attn_impl: str = 'auto',
             model_name: str = 'astroformer',
-            device=None,
-            dtype=None,
             **kwargs: Any,
     ):
         """
@@ -63,32 +58,23 @@ class Astroformer(MaxxVit):
             drop_block_rate: Must be None: DropBlock is unsupported (it harms morphology labels).
             attn_impl: S4's attention kernel, see ``RelativeAttention2d``.
             model_name: Name used in error messages (the factory passes the registered name).
-            **kwargs: MaxxVit's config overlays (``transformer_*``, ``conv_*``, cfg fields); others raise TypeError.
-            Other args as timm's MaxxVit.
+            **kwargs: MaxxVit's other arguments (``num_classes``, ``global_pool``, ``drop_rate``, ``drop_path_rate``,
+                ``device``, ``dtype``) and config overlays (``transformer_*``, ``conv_*``, cfg fields); others raise
+                TypeError.
         """
         reject_drop_block(drop_block_rate)
         check_in_chans(in_chans, model_name)
         check_img_size(to_2tuple(img_size), model_name, INPUT_MULTIPLE, MIN_INPUT_SIZE)
-        super().__init__(
-            cfg,
-            img_size=img_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            global_pool=global_pool,
-            drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate,
-            device=device,
-            dtype=dtype,
-            **kwargs,
-        )
+        super().__init__(cfg, img_size=img_size, in_chans=in_chans, **kwargs)
         self.model_name = model_name
-        self.input_multiple = INPUT_MULTIPLE
+        self.input_multiple = INPUT_MULTIPLE  # attributes: TorchScript cannot read module-level ints
         self.min_input_size = MIN_INPUT_SIZE
         for stage in self.stages:
             for block in stage.blocks:
                 if isinstance(block, TransformerBlock2d):
                     block.attn = RelativeAttention2d.from_attention2d(
-                        block.attn, rel_pos_type='table', window_size=block.attn.rel_pos.window_size, attn_impl=attn_impl)
+                        block.attn, rel_pos_type='table', window_size=block.attn.rel_pos.window_size,
+                        attn_impl=attn_impl)
 
     def forward_intermediates(
             self,

@@ -17,12 +17,10 @@ where channels change). S4 is timm's MaxxVit stage with its attention swapped (a
 ``softmax(q.(k + r)/sqrt(d) + W[i - j]) v``, r a depthwise conv of the input joining the keys and W a learned kernel
 over relative offsets (``rel_pos_type``, see ``timm_astro.layers.relative_attention``).
 
-W defaults to the paper's full table (one learned value per head and offset). Chosen by accuracy: on the real
-Galaxy10 DECals sample at 30 images per class (benchmarks/RESULTS.md, "Which form of W"), the table scored the
-highest mean test top-1 of the forms tried (table, Fourier with 4 and 16 frequencies, none), within the spread
-between seeds, and on a tie the rule is the paper's form. ``rel_pos_type='fourier'`` trains faster on a CPU (about
-half the table's step time and a third of its memory there, where the table's gradient sends torch's attention to
-its math path).
+W defaults to the paper's full table (one learned value per head and offset), chosen by accuracy: on real Galaxy10
+DECals at 30 images per class it had the best mean test top-1 of the forms tried, within the spread between seeds,
+and a tie keeps the paper's form (benchmarks/RESULTS.md, "Which form of W"). ``rel_pos_type='fourier'`` trains
+faster on a CPU, where the table's gradient sends torch's attention to its math path.
 """
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
@@ -30,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 import torch
 import torch.nn as nn
 
-from timm.layers import ClassifierHead, ConvNormAct, DropPath, calculate_drop_path_rates, get_act_layer, to_2tuple
+from timm.layers import ClassifierHead, ConvNormAct, DropPath, calculate_drop_path_rates, to_2tuple
 from timm.layers.helpers import get_device_dtype
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -67,7 +65,6 @@ class Stem(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, act_layer: str = 'relu', device=None, dtype=None):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        act_layer = get_act_layer(act_layer)
         self.conv1 = ConvNormAct(in_chs, out_chs, 3, act_layer=act_layer, **dd)
         self.conv2 = ConvNormAct(out_chs, out_chs, 3, act_layer=act_layer, **dd)
 
@@ -94,7 +91,6 @@ class StageBlock(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        act_layer = get_act_layer(act_layer)
         self.conv_dw = ConvNormAct(in_chs, in_chs, kernel_size, groups=in_chs, act_layer=act_layer, **dd)
         self.conv_pw = ConvNormAct(in_chs, out_chs, 1, apply_act=False, **dd)
         self.shortcut = nn.Identity() if in_chs == out_chs else nn.Conv2d(in_chs, out_chs, 1, **dd)
@@ -112,17 +108,16 @@ class ConvStage(nn.Module):
             in_chs: int,
             out_chs: int,
             depth: int,
+            drop_path: List[float],
             stage_skip: bool = False,
             kernel_size: int = 3,
             act_layer: str = 'relu',
-            drop_path: Union[float, List[float]] = 0.,
             device=None,
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.grad_checkpointing = False
-        drop_path = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
         self.blocks = nn.Sequential(*[
             StageBlock(in_chs if i == 0 else out_chs, out_chs, kernel_size, act_layer, drop_path[i], **dd)
             for i in range(depth)
@@ -196,10 +191,10 @@ class AstroformerFullRes(nn.Module):
                 in_chs,
                 out_chs,
                 depth=depth,
+                drop_path=dpr[i],
                 stage_skip=cfg.stage_skip[i],
                 kernel_size=cfg.kernel_size,
                 act_layer=cfg.act_layer,
-                drop_path=dpr[i],
                 **dd,
             ))
             self.feature_info.append(dict(num_chs=out_chs, reduction=1, module=f'stages.{i}'))
