@@ -259,7 +259,7 @@ def render_plots(report: Dict[str, Any], base: Path) -> None:
     s = report['settings']
     summary = [e for e in report['summary'] if 'test_top1_d4' in e]
     for kind in ('shots', 'cost'):
-        fig, ax = plt.subplots(figsize=(7.5, 5))
+        fig, ax = plt.subplots(figsize=(11, 5.5))
         for i, (recipe, model) in enumerate(dict.fromkeys((e['recipe'], e['model']) for e in summary)):
             points = [e for e in summary if e['recipe'] == recipe and e['model'] == model]
             points.sort(key=lambda e: s['shot_counts'][e['shots']])
@@ -277,13 +277,17 @@ def render_plots(report: Dict[str, Any], base: Path) -> None:
                     ax.annotate(f"k={e['shots']}", (x, y), fontsize=6, xytext=(3, 3), textcoords='offset points')
         ax.axhline(100 / s['num_classes'], color='grey', ls=':', lw=1, label='chance')
         ax.set_xscale('log')
+        if kind == 'shots':  # the k that ran, not powers of ten
+            ticks = sorted(set(s['shot_counts'].values()))
+            ax.set_xticks(ticks, [str(k) for k in ticks])
+            ax.minorticks_off()
         ax.set_xlabel('labelled training images per class' if kind == 'shots' else
                       'training cost (CPU-seconds, log scale)')
         ax.set_ylabel('test top-1 with D4 averaging (%)')
         ax.set_title('\n'.join(textwrap.wrap(f"{s['data_name']}: mean ± std over {len(s['seeds'])} seeds, "
                                              f"~{s['steps']} steps per run", 90)), fontsize=9)
         ax.grid(True, which='both', alpha=.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))  # beside the axes, off the points
         fig.tight_layout()
         fig.savefig(base.with_name(f'{base.name}_{kind}.png'), dpi=120)
         plt.close(fig)
