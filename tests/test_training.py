@@ -28,6 +28,7 @@ def test_recipes_in_train_configs_are_accepted():
 
 @pytest.mark.parametrize('recipe, expected', [
     ({'jsd_loss': True}, 'not implemented by timm_astro.training: jsd_loss'),
+    ({'grad_accum_steps': 4}, 'grad_accum_steps must be 1 here'),
     ({'lr': float('nan')}, 'lr must be a finite number above 0'),
     ({'lr': -1.0}, 'lr must be a finite number above 0'),
     ({'drop_path': 1.5}, r'drop_path must be in \[0, 1\)'),

@@ -66,6 +66,9 @@ def train_args(recipe: Optional[Mapping[str, Any]] = None) -> argparse.Namespace
     if unknown:
         raise UserError(f"recipe keys not implemented by timm_astro.training: {', '.join(unknown)}; it implements "
                         f"the train.py options in timm_astro.training.TRAIN_DEFAULTS (train.py itself takes them all)")
+    if given.get('grad_accum_steps', 1) != 1:  # it changes the optimisation: refused, not ignored
+        raise UserError(f"grad_accum_steps must be 1 here (one optimizer step per batch), got "
+                        f"{given['grad_accum_steps']!r}; timm's train.py implements accumulation")
     args = argparse.Namespace(**{**TRAIN_DEFAULTS, **{k: v for k, v in given.items() if k in TRAIN_DEFAULTS}})
     for key in ('batch_size', 'epochs'):
         value = getattr(args, key)
