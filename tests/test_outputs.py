@@ -206,3 +206,28 @@ def test_only_stale_partials_of_our_own_dead_runs_are_removed(tmp_path):
     with atomic_output_dir(tmp_path / 'out', BY) as tmp:  # a new run leaves the others' partials alone too
         _file(tmp / 'x')
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p.name for p in kept] + ['out'])
+
+
+@pytest.mark.parametrize('earlier', ['empty folder', 'earlier output'])
+def test_an_output_that_cannot_be_moved_aside_is_left_as_it_was(earlier, tmp_path, monkeypatch):
+    """A folder that cannot be renamed (a mount point: EBUSY) keeps exactly what it had: no partial marker of ours is
+    left in it, which would make it 'not ours' and refuse every later run."""
+    import errno
+    out = tmp_path / 'out'
+    if earlier == 'empty folder':
+        out.mkdir()
+    else:
+        with atomic_output_dir(out, 'test') as tmp:
+            (tmp / 'a.txt').write_text('first')
+    before = sorted(p.name for p in out.iterdir())
+    real_rename, real_rmdir = os.rename, Path.rmdir
+
+    def busy(path):
+        if Path(path) == out:
+            raise OSError(errno.EBUSY, 'Device or resource busy', str(path))
+    monkeypatch.setattr(os, 'rename', lambda src, dst: busy(src) or real_rename(src, dst))
+    monkeypatch.setattr(Path, 'rmdir', lambda self: busy(self) or real_rmdir(self))
+    with pytest.raises(UserError):
+        with atomic_output_dir(out, 'test', overwrite=True) as tmp:
+            (tmp / 'a.txt').write_text('second')
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -215,13 +215,20 @@ def _temporary_beside(out: Path) -> Iterator[Path]:
 
 def _replace(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``. An earlier ``out`` is first marked as a partial of this run and moved aside, so
-    a run killed between the two renames leaves only partials the next run removes; it is deleted afterwards."""
+    a run killed between the two renames leaves only partials the next run removes; it is deleted afterwards.
+    An empty ``out`` (the user's own folder, maybe a mount point) is removed instead: no marker is ever left in it."""
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        out.rmdir()
     if not os.path.lexists(out):
         os.rename(tmp, out)
         return
     write_json(out / PARTIAL_MARKER, _owner())
     old = out.with_name(f'{_partial_prefix(out)}old-{secrets.token_hex(4)}')
-    os.rename(out, old)
+    try:
+        os.rename(out, old)
+    except BaseException:
+        (out / PARTIAL_MARKER).unlink()
+        raise
     try:
         os.rename(tmp, out)
     except BaseException:
