@@ -209,7 +209,7 @@ def read_train_checkpoint(
         raise UserError(f"{path}: no weights found (keys: {', '.join(map(str, state_dict))}); expected {CHECKPOINT}")
     check_finite(state_dict, path, allow_nan)
     is_plain = all(isinstance(v, torch.Tensor) for v in obj.values())  # a bare state dict: no run to read
-    meta = {} if is_plain else obj
+    meta = {} if is_plain else {k: v for k, v in obj.items() if not isinstance(v, (Mapping, torch.Tensor))}
     if is_plain:
         weights = 'state dict'
     elif use_ema and any(obj.get(k) is not None for k in ('state_dict_ema', 'model_ema')):

@@ -50,7 +50,9 @@ __all__ = [
 REL_POS_TYPES = ('fourier', 'table', 'none')
 ATTN_IMPLS = ('auto', 'flex', 'sdpa', 'explicit')
 # gradients into tensors captured by a score_mod (the table) need torch >= 2.6
-_FLEX_TRAINS_TABLE = flex_attention is not None and torch.__version__ >= (2, 6)
+# major.minor only: a 2.6 pre-release or vendor build ('2.6.0a0+...nv25.01') has it too, which TorchVersion's
+# ordering would put before 2.6
+_FLEX_TRAINS_TABLE = flex_attention is not None and tuple(map(int, torch.__version__.split('.')[:2])) >= (2, 6)
 
 
 def has_flex_attention(training: bool = False) -> bool:
