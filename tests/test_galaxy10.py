@@ -380,6 +380,12 @@ def test_damaged_data_found_while_writing_leaves_nothing(tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+def test_library_refuses_fewer_than_one_worker_before_writing(tmp_path, decals_h5):
+    with pytest.raises(g10.Galaxy10Error, match='workers must be at least 1'):
+        g10.prepare_galaxy10(decals_h5, tmp_path / 'out', workers=-1, progress=False)
+    assert not (tmp_path / 'out').exists()
+
+
 def test_refuses_a_non_empty_out_dir(tmp_path, decals_h5, capsys):
     out = tmp_path / 'mine'
     out.mkdir()

@@ -426,6 +426,8 @@ def prepare_galaxy10(
     if image_format not in IMAGE_FORMATS:
         raise Galaxy10Error(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     workers = workers or min(8, os.cpu_count() or 1)
+    if workers < 1:
+        raise Galaxy10Error(f'workers must be at least 1 (or None: one per core, up to 8), got {workers}')
     variant, labels = _inspect(h5_path)
     splits = stratified_split(labels, val_fraction, test_fraction, seed)
     if out_dir.resolve() in h5_path.resolve().parents:
