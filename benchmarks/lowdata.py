@@ -358,13 +358,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     runs: List[Dict[str, Any]] = []
     earlier_wall_s = 0.0
+    reported: List[Dict[str, Any]] = []  # the reports whose runs are kept, for --report-only's recipes and steps
     if args.resume and json_path.exists():
         previous = json.loads(json_path.read_text())
         runs, earlier_wall_s = previous['runs'], previous['wall_time_s']
+        reported.append(previous)
     parts = []
     for part in args.merge:
         known = {(r['recipe'], r['model'], r['shots'], r['seed']) for r in runs}
         merged = json.loads(part.read_text())
+        reported.append(merged)
         runs += [r for r in merged['runs'] if (r['recipe'], r['model'], r['shots'], r['seed']) not in known]
         parts.append({'file': part.name, 'command': merged['command'], 'wall_time_s': merged['wall_time_s'],
                       'runs': len(merged['runs'])})
@@ -374,6 +377,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         args.shots = sorted({r['shots'] for r in runs}, key=lambda k: float('inf') if k == 'all' else int(k))
         args.seeds = sorted({r['seed'] for r in runs})
         args.models = list(dict.fromkeys(r['model'] for r in runs))
+        # the recipes and step budget are the runs' too, not this command line's
+        recipes = {rid: recipe for report in reported for rid, recipe in report['recipes'].items()}
+        steps = {report['settings']['steps'] for report in reported}
+        if len(steps) > 1:
+            raise SystemExit(f'--report-only: the runs were trained for different --steps ({sorted(steps)}); '
+                             f'report them apart')
+        args.steps = steps.pop()
     shot_counts = {shot: smallest if shot == 'all' else int(shot) for shot in args.shots}
     if any(count > smallest for count in shot_counts.values()):
         raise SystemExit(f'--shots {args.shots}: the smallest class has only {smallest} training images')

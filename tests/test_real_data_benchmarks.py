@@ -103,6 +103,12 @@ def test_recipe_search_on_validation_in_two_parts_merged(three_splits, tmp_path,
     assert 'The test split was not evaluated' in markdown and 'merging `part_0.001.json` (1 runs' in markdown
     table = markdown.split('## Validation top-1 with D4 (%), by recipe')[1]
     assert '| model | k | `lr=0.001` | `lr=0.01` |' in table and '**' in table.split('`resnet18@16`')[1]
+    # reported without --grid: the recipes (and steps) are the parts', not the command line's
+    reported = lowdata.main(['--data-dir', str(three_splits), '--eval-splits', 'validation', '--out-dir', str(tmp_path),
+                             '--no-plot', '--name', 'search_report', '--report-only',
+                             '--merge', str(tmp_path / 'part_0.001.json'), str(tmp_path / 'part_0.01.json')])
+    assert list(reported['recipes']) == ['lr=0.001', 'lr=0.01'] and reported['settings']['steps'] == 2
+    assert '| model | k | `lr=0.001` | `lr=0.01` |' in (tmp_path / 'search_report.md').read_text()
 
 
 def test_few_shot_subsets_are_balanced_nested_and_seeded():
