@@ -186,8 +186,6 @@ def _remove_parents(created: List[Path]) -> None:
     for folder in created:
         try:
             folder.rmdir()
-        except FileNotFoundError:  # not made after all: making it failed
-            continue
         except OSError:  # no longer empty (someone else's files): leave it and those above it
             return
 
@@ -198,10 +196,15 @@ def _temporary_beside(out: Path) -> Iterator[Path]:
     (and its owner file) is removed afterwards, the parents made too after a failure; an OSError becomes a UserError."""
     remove_stale_partials(out)
     tmp = out.with_name(f'{_partial_prefix(out)}{secrets.token_hex(4)}')
-    created = [folder for folder in out.parents if not folder.exists()]  # deepest first
+    created: List[Path] = []  # the folders this run made, deepest first
     done = False
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        for folder in reversed([folder for folder in out.parents if not folder.exists()]):
+            try:
+                folder.mkdir()
+            except FileExistsError:  # made by another run meanwhile: theirs, not ours to remove
+                continue
+            created.insert(0, folder)
         yield tmp
         done = True
     except OSError as e:
