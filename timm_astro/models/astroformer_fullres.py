@@ -18,8 +18,8 @@ where channels change). S4 is timm's MaxxVit stage with its attention swapped (a
 over relative offsets (``rel_pos_type``, see ``timm_astro.layers.relative_attention``).
 
 W defaults to the paper's full table (one learned value per head and offset), chosen by accuracy: on real Galaxy10
-DECals at 30 images per class it had the best mean test top-1 of the forms tried, within the spread between seeds,
-and a tie keeps the paper's form (benchmarks/RESULTS.md, "Which form of W"). ``rel_pos_type='fourier'`` trains
+DECals at 30 images per class the four forms tied within the spread between seeds (level on validation), and a
+tie keeps the paper's form (benchmarks/RESULTS.md, "Which form of W"). ``rel_pos_type='fourier'`` trains
 faster on a CPU, where the table's gradient sends torch's attention to its math path.
 """
 from dataclasses import dataclass, replace
