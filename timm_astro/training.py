@@ -13,7 +13,7 @@ real training runs.
 import argparse
 import math
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,10 @@ IGNORED_KEYS = {
     'model_kwargs',
 }
 
+# Keys that change the optimisation but that this loop implements only at train.py's default: any other value is
+# refused, never ignored. key -> (the one value accepted, why)
+DEFAULT_ONLY_KEYS: Dict[str, Tuple[Any, str]] = {'grad_accum_steps': (1, 'one optimizer step per batch')}
+
 
 def mixes(recipe: Mapping[str, Any]) -> bool:
     """Whether a recipe (train.py keys) mixes images, as train.py decides it: Mixup or CutMix pairs each image with
@@ -66,9 +70,10 @@ def train_args(recipe: Optional[Mapping[str, Any]] = None) -> argparse.Namespace
     if unknown:
         raise UserError(f"recipe keys not implemented by timm_astro.training: {', '.join(unknown)}; it implements "
                         f"the train.py options in timm_astro.training.TRAIN_DEFAULTS (train.py itself takes them all)")
-    if given.get('grad_accum_steps', 1) != 1:  # it changes the optimisation: refused, not ignored
-        raise UserError(f"grad_accum_steps must be 1 here (one optimizer step per batch), got "
-                        f"{given['grad_accum_steps']!r}; timm's train.py implements accumulation")
+    for key, (default, why) in DEFAULT_ONLY_KEYS.items():
+        if given.get(key, default) != default:
+            raise UserError(f"{key} must be {default!r} here ({why}), got {given[key]!r}; timm's train.py "
+                            f"implements it")
     args = argparse.Namespace(**{**TRAIN_DEFAULTS, **{k: v for k, v in given.items() if k in TRAIN_DEFAULTS}})
     for key in ('batch_size', 'epochs'):
         value = getattr(args, key)
