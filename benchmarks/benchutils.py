@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: the machine's description, resident-memory probes, small formatters."""
 import ctypes
+import gc
 import os
 import platform
 import re
@@ -9,12 +10,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = [
-    'machine_info', 'command_line', 'read_status_kb', 'reset_peak_rss', 'release_free_memory', 'fmt_num',
+    'machine_info', 'command_line', 'read_status_kb', 'reset_peak_rss', 'release_free_memory', 'MemoryProbe', 'fmt_num',
     'markdown_table', 'matmul_gflops', 'write_text_atomic', 'create_benchmark_model', 'SIZED_FAMILIES',
 ]
 
@@ -142,6 +143,35 @@ def release_free_memory() -> None:
             _LIBC = False
     if _LIBC:
         _LIBC.malloc_trim(0)
+
+
+class MemoryProbe:
+    """Peak memory of a block of work above the memory right before it (CPU: VmRSS/VmHWM; CUDA: allocated)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.cuda, self.baseline_kb = device, device.type == 'cuda', 0
+        self.method = 'torch.cuda.max_memory_allocated' if self.cuda else (
+            'VmHWM after /proc/self/clear_refs, malloc_trim first' if reset_peak_rss() else 'none')
+
+    def start(self) -> None:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline_kb = torch.cuda.memory_allocated(self.device) // 1024
+        else:
+            release_free_memory()
+            self.baseline_kb = read_status_kb('VmRSS')
+            reset_peak_rss()
+
+    def stop(self) -> Tuple[float, float]:
+        """(increment over the baseline, peak total), MB."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            peak_kb = torch.cuda.max_memory_allocated(self.device) // 1024
+        else:
+            peak_kb = read_status_kb('VmHWM') if self.method != 'none' else self.baseline_kb
+        return (peak_kb - self.baseline_kb) / 1024, peak_kb / 1024
 
 
 def fmt_num(value: Optional[float], digits: int = 2) -> str:

@@ -24,8 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutils import (  # noqa: E402
-    command_line, fmt_num, machine_info, markdown_table, read_status_kb, release_free_memory, reset_peak_rss,
-    write_text_atomic,
+    MemoryProbe, command_line, fmt_num, machine_info, markdown_table, write_text_atomic,
 )
 
 VARIANTS: Dict[str, Dict[str, Any]] = {
@@ -86,17 +85,16 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
     for v in args.variants:  # warm-up, in the same order as the timed rounds
         for _ in range(args.warmup):
             train_step(models[v].train(), opts[v], x, y)
+    probe = MemoryProbe(torch.device('cpu'))
     for _ in range(args.repeats):
         for v in args.variants:
-            release_free_memory()
-            before = read_status_kb('VmRSS')
-            has_peak = reset_peak_rss()
+            probe.start()
             start = time.perf_counter()
             for _ in range(args.steps):
                 train_step(models[v], opts[v], x, y)
             times[v].append((time.perf_counter() - start) / args.steps)
-            if has_peak:
-                memory[v].append((read_status_kb('VmHWM') - before) / 1024)
+            if probe.method != 'none':
+                memory[v].append(probe.stop()[0])
     rows = {}
     for v in args.variants:
         rows[v] = dict(kwargs=VARIANTS[v], kernel=kernel[v], step_s=times[v], median_s=statistics.median(times[v]),

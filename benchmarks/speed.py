@@ -36,8 +36,8 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchutils import (  # noqa: E402
-    command_line, create_benchmark_model, fmt_num, machine_info, markdown_table, matmul_gflops, read_status_kb,
-    release_free_memory, reset_peak_rss, write_text_atomic,
+    MemoryProbe, command_line, create_benchmark_model, fmt_num, machine_info, markdown_table, matmul_gflops,
+    read_status_kb, release_free_memory, write_text_atomic,
 )
 
 NUM_CLASSES = 10
@@ -182,35 +182,6 @@ def count_gflops(model: nn.Module, shape: Tuple[int, ...], device: torch.device)
     finally:
         for module in fused:
             module.fused_attn = True
-
-
-class MemoryProbe:
-    """Peak memory of a block of work above the memory right before it (CPU: VmRSS/VmHWM; CUDA: allocated)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.cuda, self.baseline_kb = device, device.type == 'cuda', 0
-        self.method = 'torch.cuda.max_memory_allocated' if self.cuda else (
-            'VmHWM after /proc/self/clear_refs, malloc_trim first' if reset_peak_rss() else 'none')
-
-    def start(self) -> None:
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline_kb = torch.cuda.memory_allocated(self.device) // 1024
-        else:
-            release_free_memory()
-            self.baseline_kb = read_status_kb('VmRSS')
-            reset_peak_rss()
-
-    def stop(self) -> Tuple[float, float]:
-        """(increment over the baseline, peak total), MB."""
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            peak_kb = torch.cuda.max_memory_allocated(self.device) // 1024
-        else:
-            peak_kb = read_status_kb('VmHWM') if self.method != 'none' else self.baseline_kb
-        return (peak_kb - self.baseline_kb) / 1024, peak_kb / 1024
 
 
 # one list per phase of a unit, one entry per timed repeat ('discarded': per retried contended attempt)

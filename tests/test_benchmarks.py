@@ -68,6 +68,19 @@ def test_speed_writes_json_markdown_and_plot(tmp_path):
     assert (tmp_path / 'smoke.png').read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_kernel_cost_times_each_form_of_w_against_none(tmp_path):
+    out = tmp_path / 'kernel_cost.json'
+    run_script('kernel_cost.py', '--variants', 'none', 'fourier4', 'table-explicit', '--batch-size', '2',
+               '--repeats', '2', '--json', str(out))
+    rows = json.loads(out.read_text())['rows']
+    assert list(rows) == ['none', 'fourier4', 'table-explicit']
+    assert rows['none']['x_none'] == 1.0 and rows['none']['kernel'] == 'flash'
+    assert rows['table-explicit']['kernel'] == 'explicit softmax'
+    for row in rows.values():
+        assert len(row['step_s']) == 2 and row['min_s'] <= row['median_s'] <= row['max_s']
+        assert row['peak_mb'] > 0  # a training step allocates activations above the memory before it
+
+
 @pytest.mark.parametrize('name', sorted(p.stem for p in (BENCHMARKS / 'results').glob('speed_*.json')
                                         if p.stem != 'speed_targets'))
 def test_committed_speed_results_rerender_to_their_markdown(name, tmp_path):
