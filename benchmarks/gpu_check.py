@@ -31,7 +31,7 @@ from benchutils import command_line, fmt_num, machine_info, markdown_table, writ
 
 FULLRES_VARIANTS = {
     'table-flex': dict(rel_pos_type='table', attn_impl='auto'),  # 'auto' trains the table through flex on CUDA
-    'fourier': dict(rel_pos_type='fourier'),
+    'fourier16': dict(rel_pos_type='fourier', rel_pos_freqs=16),  # the default W
     'table-explicit': dict(rel_pos_type='table', attn_impl='explicit'),
     'none': dict(rel_pos_type='none'),
 }

@@ -87,8 +87,8 @@ def test_drop_rate_and_stochastic_depth_are_wired():
 
 
 def test_no_weight_decay_names_relative_position_kernels():
-    for kwargs, expected in [({}, 'relative_position_bias_table'),
-                             (dict(rel_pos_type='fourier'), 'relative_position_frequencies')]:
+    for kwargs, expected in [({}, 'relative_position_frequencies'),
+                             (dict(rel_pos_type='table'), 'relative_position_bias_table')]:
         model = timm.create_model('astroformer_small', **kwargs)
         names = model.no_weight_decay()
         assert names and all('relative_position' in n for n in names)
@@ -200,12 +200,15 @@ def test_features_only_out_of_range_names_the_valid_indices(out_indices):
 
 
 def test_rel_pos_types_and_the_default():
-    """'table' is the default (the paper's W, chosen by the low-data study); 'fourier' and 'none' are selectable."""
+    """The 16-frequency Fourier form is the default (chosen by the low-data study); 'table' (the paper's W) and
+    'none' are selectable."""
     kinds = {}
-    for kwargs in ({}, dict(rel_pos_type='fourier'), dict(rel_pos_type='none')):
+    for kwargs in ({}, dict(rel_pos_type='table'), dict(rel_pos_type='none')):
         attn = timm.create_model('astroformer_small', device='meta', **kwargs).stages[3].blocks[0].attn
         kinds[kwargs.get('rel_pos_type', 'default')] = type(attn.rel_pos).__name__
-    assert kinds == {'default': 'RelPosBiasTable', 'fourier': 'RelPosBiasFourier', 'none': 'NoneType'}
+    assert kinds == {'default': 'RelPosBiasFourier', 'table': 'RelPosBiasTable', 'none': 'NoneType'}
+    default = timm.create_model('astroformer_small', device='meta').stages[3].blocks[0].attn.rel_pos
+    assert default.relative_position_frequencies.shape[1] == 16
     with pytest.raises(ValueError, match='rel_pos_type must be one of'):
         timm.create_model('astroformer_small', rel_pos_type='bias')
 
