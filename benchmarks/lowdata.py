@@ -258,6 +258,7 @@ def render_plots(report: Dict[str, Any], base: Path) -> None:
     plt = pyplot()
     s = report['settings']
     summary = [e for e in report['summary'] if 'test_top1_d4' in e]
+    colours = plt.get_cmap('tab20')  # in dark-light pairs: ten hues, then their light shades past ten models
     for kind in ('shots', 'cost'):
         fig, ax = plt.subplots(figsize=(11, 5.5))
         for i, (recipe, model) in enumerate(dict.fromkeys((e['recipe'], e['model']) for e in summary)):
@@ -270,9 +271,8 @@ def render_plots(report: Dict[str, Any], base: Path) -> None:
             if len(points[0]['seeds']) != len(s['seeds']):
                 label += f" ({len(points[0]['seeds'])} seed{'s' if len(points[0]['seeds']) > 1 else ''})"
             style = '-' if model.startswith('astroformer') else '--'
-            # tab20 in dark-light pairs: ten hues, then their light shades with another marker past ten models
             ax.errorbar(xs, ys, yerr=err, marker='os^D'[i // 10 % 4], ls=style, capsize=3, label=label,
-                        color=plt.get_cmap('tab20')(2 * (i % 10) + i // 10 % 2))
+                        color=colours(2 * (i % 10) + i // 10 % 2))
             if kind == 'cost':
                 for x, y, e in zip(xs, ys, points):
                     ax.annotate(f"k={e['shots']}", (x, y), fontsize=6, xytext=(3, 3), textcoords='offset points')

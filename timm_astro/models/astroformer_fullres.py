@@ -54,7 +54,7 @@ class AstroformerFullResCfg:
     dim_head: int = 32
     mlp_ratio: float = 4.
     norm_layer: str = 'layernorm2d'  # transformer pre-norm
-    rel_pos_type: str = 'fourier'  # 'fourier' (folded into q/k), 'table' (the paper's W, one value per offset) or 'none'
+    rel_pos_type: str = 'fourier'  # 'fourier' (folded into q/k), 'table' (the paper's W: a value per offset), 'none'
     rel_pos_freqs: int = 16  # frequencies per head for 'fourier': 2x this many extra q/k channels
     key_context_kernel: int = 3  # depthwise conv r joining the keys, 0 to disable
     attn_impl: str = 'auto'  # S4's kernel: 'auto', 'flex', 'sdpa' or 'explicit' (see RelativeAttention2d)
