@@ -135,3 +135,42 @@ def test_utf8_bom_is_read(tmp_path):
     table.write_bytes(b'\xef\xbb\xbf' + table.read_bytes())
     galaxies, _ = read_gz2_votes(src)
     assert [GZ2_CLASSES[g.label] for g in galaxies] == ['edge_on']
+
+
+def test_import_writes_both_benchmarks_with_one_split(tmp_path, capsys):
+    from timm_astro.commands.import_images import main
+    rows = [galaxy_row(r) for r in (SMOOTH_ROUND, EDGE_ON, BARRED, SPIRAL) for _ in range(5)]
+    rows += [galaxy_row({**SMOOTH_ROUND, **EDGE_ON}) for _ in range(4)]  # ambiguous: votes only
+    src = write_source(tmp_path / 'copy', {'datafinal': rows[:12], 'datafinal2': rows[12:]})
+    out = tmp_path / 'gz2'
+    assert main(['gz2-votes', str(src), str(out), '--test-fraction', '0.4']) == 0
+    printed = capsys.readouterr().out
+    assert '24 images, 6 classes' in printed and '4 of them meet no class' in printed
+    with open(out / 'manifest.csv', newline='', encoding='utf-8') as f:
+        manifest = list(csv.DictReader(f))
+    assert len(manifest) == 24
+    assert set(GZ2_COUNT_COLUMNS) <= set(manifest[0]) and {'ra', 'dec', 'file', 'split', 'label'} <= set(manifest[0])
+    unclassified = [r for r in manifest if r['label'] == '-1']
+    assert len(unclassified) == 4 and all(r['class_name'] == '' for r in unclassified)
+    for row in manifest:
+        assert (out / row['file']).is_file()
+        top = row['file'].split('/')[0]
+        assert top == ('unclassified' if row['label'] == '-1' else row['split'])
+    # timm's ImageFolder of a split sees the six class folders only
+    assert sorted(p.name for p in (out / 'train').iterdir()) == ['0_smooth_round', '3_edge_on', '4_barred',
+                                                                '5_unbarred_spiral']
+    info = __import__('json').loads((out / 'dataset.json').read_text())
+    assert (info['kind'], info['tree'], info['unclassified'], info['test_fraction']) == ('votes', 'gz2', 4, 0.4)
+    # the split hashes the sky position: the same galaxy listed by the other half lands in the same split
+    by_position = {(r['ra'], r['dec']): r['split'] for r in manifest}
+    again = tmp_path / 'gz2_again'
+    src2 = write_source(tmp_path / 'copy2', {'datafinal': rows[:12], 'datafinal2': rows[12:]})
+    assert main(['gz2-votes', str(src2), str(again), '--test-fraction', '0.4']) == 0
+    with open(again / 'manifest.csv', newline='', encoding='utf-8') as f:
+        assert {(r['ra'], r['dec']): r['split'] for r in csv.DictReader(f)} == by_position
+
+
+def test_import_default_fractions_are_the_sources(tmp_path):
+    from timm_astro.data.real_galaxies import SOURCES
+    assert SOURCES['gz2-votes'].fractions == (0.1, 0.35)
+    assert SOURCES['galaxy10-decals-sample'].fractions == (0.1, 0.1)

@@ -18,8 +18,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('source', choices=sorted(SOURCES), metavar='SOURCE', help='one of: ' + ', '.join(SOURCES))
     parser.add_argument('src', metavar='SRC', help='your copy of the source (see below)')
     parser.add_argument('out_dir', metavar='OUT_DIR', help='output folder: new, empty, or (--overwrite) an earlier one')
-    parser.add_argument('--val-fraction', type=float, default=0.1, help='fraction of each class for validation')
-    parser.add_argument('--test-fraction', type=float, default=0.1, help='fraction of each class held out for test')
+    parser.add_argument('--val-fraction', type=float, default=None,
+                        help="fraction of each class for validation (default: the source's, 0.1)")
+    parser.add_argument('--test-fraction', type=float, default=None,
+                        help="fraction of each class held out for test (default: the source's, 0.1; 0.35 for "
+                             "gz2-votes)")
     parser.add_argument('--seed', type=int, default=0, help='seed of the split')
     parser.add_argument('--split', choices=('stratified', 'source'), default='stratified',
                         help="'source' keeps the source's published split (first)")
@@ -33,4 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         counts = ', '.join(f'{split} {n}' for split, n in result.splits.items())
         print(f'{result.source.title}: {sum(result.splits.values())} images, {len(result.source.class_names)} '
               f'classes -> {result.out_dir} ({counts})')
+        if result.unclassified:
+            print(f'{result.unclassified} of them meet no class: kept for the vote benchmark under '
+                  f'{result.source.unlabelled_folder}/<split>/, not in the class folders')
     return run_command(PROG, run)

@@ -16,6 +16,10 @@ Sources (none states a licence for its images: keep them out of version control 
 * ``gz2-sample``: 1,000 Galaxy Zoo 2 SDSS images (224x224 RGB JPEG) from LevIgnatev/galaxy_morphology,
   ``data/labels/labels_manifest_1000.csv`` (``derived_label``: spiral / elliptical / edge-on / merger, 250 each)
   and ``data/labels/thumbs/``.
+* ``gz2-votes``: 7,622 Galaxy Zoo 2 SDSS galaxies (128x128 RGB JPEG) with every volunteer vote count of GZ2's
+  questions t01-t09, from Onkarj012/galaxy-dna-fingerprinting (branch ``master``), de-duplicated by sky position, six
+  classes derived from the vote fractions for the class benchmark and the rest kept for the vote benchmark under
+  ``unclassified/<split>/`` (``timm_astro.data.galaxy_zoo`` states the rule); 10% validation and 35% test by default.
 * ``first``: 2,158 FIRST radio galaxies (300x300 greyscale PNG; FRI, FRII, Compact, Bent) from the PyPI package
   ``firstgalaxydata==0.2.1``: its ``galaxy_data.zip`` (or that zip unpacked), with a published
   train / valid / test split.
@@ -27,11 +31,13 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from timm_astro.data.galaxy10 import GALAXY10_DECALS_CLASSES, class_folder_name
+from timm_astro.data.galaxy_zoo import (
+    GZ2_CLASSES as GZ2_VOTE_CLASSES, GZ2_COUNT_COLUMNS, GZ2_FRACTIONS, UNCLASSIFIED_FOLDER, read_gz2_votes)
 from timm_astro.data.image_folder import write_dataset_files
 from timm_astro.data.splits import stratified_split
 from timm_astro.errors import UserError
@@ -52,6 +58,7 @@ class SourceImage:
     read: Callable[[], bytes]
     file_name: str  # name in the output class folder
     source_split: Optional[str] = None  # the source's published split, if it has one
+    split_key: Optional[str] = None  # what the split hashes, if not source_file (e.g. a sky position)
     columns: Dict[str, str] = field(default_factory=dict)
 
 
@@ -65,6 +72,9 @@ class ImageSource:
     find: Callable[[Path], List[SourceImage]]
     extra_columns: Tuple[str, ...] = ()
     has_source_split: bool = False
+    fractions: Tuple[float, float] = (0.1, 0.1)  # default validation and test fractions of the stratified split
+    unlabelled_folder: Optional[str] = None  # where images of label -1 (in no class) go: <folder>/<split>/<file>
+    info: Mapping[str, Any] = field(default_factory=dict)  # more keys for dataset.json
 
     @property
     def class_folders(self) -> Tuple[str, ...]:
@@ -132,6 +142,14 @@ def _find_gz2_sample(src: Path) -> List[SourceImage]:
     return images
 
 
+def _find_gz2_votes(src: Path) -> List[SourceImage]:
+    galaxies, _ = read_gz2_votes(src)
+    return [SourceImage(
+        source_file=g.source_file, label=g.label, read=_file_reader(g.image), file_name=g.file_name,
+        columns={'ra': g.ra, 'dec': g.dec, **dict(zip(GZ2_COUNT_COLUMNS, map(str, g.counts)))},
+        split_key=g.key) for g in galaxies]
+
+
 FIRST_CLASSES = ('FRI', 'FRII', 'Compact', 'Bent')  # the label ids of firstgalaxydata's file names
 FIRST_SPLITS = {'train': 'train', 'valid': 'validation', 'test': 'test'}
 _FIRST_NAME = re.compile(r'^(?P<ra>-?\d+(?:\.\d+)?)_(?P<dec>-?\d+(?:\.\d+)?)_(?P<label>\d)_(?P<catalog>.+)\.png$')
@@ -185,6 +203,11 @@ SOURCES: Dict[str, ImageSource] = {s.key: s for s in (
         'that repository (with data/labels/labels_manifest_1000.csv and data/labels/thumbs/)',
         _find_gz2_sample, extra_columns=GZ2_COLUMNS),
     ImageSource(
+        'gz2-votes', 'Galaxy Zoo 2 vote counts (Onkarj012/galaxy-dna-fingerprinting, branch master)',
+        GZ2_VOTE_CLASSES, "that repository's datafinal/ and datafinal2/ folders (git archive master datafinal "
+        "datafinal2)", _find_gz2_votes, extra_columns=('ra', 'dec') + GZ2_COUNT_COLUMNS, fractions=GZ2_FRACTIONS,
+        unlabelled_folder=UNCLASSIFIED_FOLDER, info={'kind': 'votes', 'tree': 'gz2'}),
+    ImageSource(
         'first', 'FIRST radio galaxies (PyPI firstgalaxydata 0.2.1)', FIRST_CLASSES,
         "galaxy_data.zip from the firstgalaxydata wheel, or the folder it unpacks to",
         _find_first, extra_columns=('ra', 'dec', 'catalog'), has_source_split=True),
@@ -213,6 +236,7 @@ class ImportResult:
     source: ImageSource
     out_dir: Path
     splits: Dict[str, int]
+    unclassified: int = 0  # images in no class (label -1), kept under the source's unlabelled_folder
 
 
 def import_images(
@@ -220,8 +244,8 @@ def import_images(
         src: PathLike,
         out_dir: PathLike,
         *,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
+        val_fraction: Optional[float] = None,
+        test_fraction: Optional[float] = None,
         seed: int = 0,
         split: str = 'stratified',
         overwrite: bool = False,
@@ -232,7 +256,8 @@ def import_images(
         source: A key of ``SOURCES``.
         src: The user's copy (see the module docstring for each source).
         out_dir: The folder to write: new, empty, or (``overwrite``) an earlier output of this function.
-        val_fraction, test_fraction, seed: The stratified split (``split='stratified'``).
+        val_fraction, test_fraction, seed: The stratified split (``split='stratified'``); the fractions default to
+            the source's own (``ImageSource.fractions``: 0.1 and 0.1, or 0.1 and 0.35 for gz2-votes).
         split: ``'stratified'``, or ``'source'`` to keep the source's published split (FIRST).
     """
     spec = _source(source)
@@ -240,6 +265,8 @@ def import_images(
         raise UserError(f"split must be 'stratified' or 'source', got {split!r}")
     if split == 'source' and not spec.has_source_split:
         raise UserError(f"{spec.key} has no published split; use split='stratified'")
+    val_fraction = spec.fractions[0] if val_fraction is None else val_fraction
+    test_fraction = spec.fractions[1] if test_fraction is None else test_fraction
     stratified_split([0, 0, 0], val_fraction, test_fraction, seed)  # checks the split arguments before any work
     check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY)
     images = find_source_images(source, src)
@@ -252,16 +279,18 @@ def import_images(
         splits = np.array([image.source_split for image in images])
         settings = {'split': 'source'}
     else:
-        splits = stratified_split(labels, val_fraction, test_fraction, seed, keys=[i.source_file for i in images])
+        splits = stratified_split(labels, val_fraction, test_fraction, seed, keys=[i.split_key or i.source_file for i in images])
         settings = {'split': 'stratified', 'val_fraction': val_fraction, 'test_fraction': test_fraction, 'seed': seed}
     columns = MANIFEST_COLUMNS + spec.extra_columns
     with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite) as tmp:
         rows = []
         for image, image_split in zip(images, splits):
-            rel = f'{image_split}/{spec.class_folders[image.label]}/{image.file_name}'
+            rel = (f'{image_split}/{spec.class_folders[image.label]}/{image.file_name}' if image.label >= 0
+                   else f'{spec.unlabelled_folder}/{image_split}/{image.file_name}')
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(image.read())
-            rows.append([rel, image_split, image.label, spec.class_names[image.label], image.source_file]
+            rows.append([rel, image_split, image.label, spec.class_names[image.label] if image.label >= 0 else '',
+                         image.source_file]
                         + [image.columns.get(c, '') for c in spec.extra_columns])
         counts = write_dataset_files(tmp, columns, rows, spec.class_names, spec.class_folders, labels, splits, {
             'created_by': CREATED_BY,
@@ -269,6 +298,8 @@ def import_images(
             'title': spec.title,
             'num_images': len(images),
             'num_classes': len(spec.class_names),
+            **({'unclassified': int((labels < 0).sum())} if spec.unlabelled_folder else {}),
+            **spec.info,
             **settings,
         })
-    return ImportResult(spec, Path(out_dir), counts)
+    return ImportResult(spec, Path(out_dir), counts, int((labels < 0).sum()))
