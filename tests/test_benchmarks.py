@@ -182,3 +182,74 @@ def test_results_quote_the_committed_run():
 ])
 def test_target_verdicts(value, spread, limits, expected):
     assert speed.verdict(dict(limits, value=value, range=spread)) == expected
+
+
+def _study_report(path: Path, scores: dict) -> Path:
+    """A lowdata report with the given {(model, seed): (test, test_d4, validation, validation_d4)} at k = 30."""
+    runs = [dict(model=model, shots='30', seed=seed, recipe='base', test_top1=t, test_top1_d4=t4,
+                 validation_top1=v, validation_top1_d4=v4) for (model, seed), (t, t4, v, v4) in scores.items()]
+    path.write_text(json.dumps({'runs': runs}))
+    return path
+
+
+def test_lowdata_paired_compares_rows_seed_by_seed(tmp_path):
+    import lowdata_paired
+    from scipy import stats
+    report = _study_report(tmp_path / 'report.json', {
+        ('a', 0): (50, 60, 40, 40), ('a', 1): (45, 52, 40, 41), ('a', 2): (60, 63, 40, 44),
+        ('b', 0): (40, 58, 30, 45), ('b', 1): (34, 50, 30, 36), ('b', 2): (48, 65, 30, 43),
+    })
+    rows = lowdata_paired.main([str(report), '--pair', '30', 'a', 'b', '--d4', '30', 'a', '--d4', '30', 'b',
+                                '--out', str(tmp_path / 'paired.md')])
+    by = {(r['comparison'], r['measure']): r for r in rows}
+    test = by[('`a` − `b`', 'test top-1, plain')]
+    assert test['diffs'] == [10, 11, 12] and test['mean'] == 11  # paired by seed, not by sorted score
+    half = stats.t.ppf(0.975, 2) * 1.0 / 3 ** 0.5  # sd of (10, 11, 12) is 1
+    assert test['low'] == pytest.approx(11 - half) and test['high'] == pytest.approx(11 + half)
+    assert test['reading'] == 'first higher'
+    assert by[('`a` − `b`', 'test top-1, D4')]['reading'] == lowdata_paired.NO_DIFFERENCE  # +2, +2, -2
+    # the same difference in every seed has no spread: no interval rather than a zero-width one
+    assert by[('`a` − `b`', 'validation top-1, plain')]['reading'] == lowdata_paired.NOT_ESTIMABLE
+    assert by[('`a` − `b`', 'validation top-1, D4')]['diffs'] == [-5, 5, 1]
+    assert by[('`a`: D4 − plain', 'test top-1')]['diffs'] == [10, 7, 3]
+    mean = by[('D4 − plain, mean over the 2 rows above', 'validation top-1')]
+    assert mean['mean'] == pytest.approx(((0 + 1 + 4) / 3 + (15 + 6 + 13) / 3) / 2)
+    written = (tmp_path / 'paired.md').read_text()
+    assert '| 30 | `a` − `b` | test top-1, plain | +10, +11, +12 | +11.0 |' in written
+    assert f"--out {tmp_path / 'paired.md'}" in written  # the command that wrote it
+
+
+def test_lowdata_paired_refuses_what_it_cannot_pair(tmp_path, monkeypatch, capsys):
+    import lowdata_paired
+    from timm_astro.errors import UserError
+    report = _study_report(tmp_path / 'report.json', {
+        ('a', 0): (50, 60, 40, 40), ('a', 1): (45, 52, 40, 41), ('b', 1): (40, 58, 30, 45), ('b', 2): (1, 2, 3, 4)})
+    with pytest.raises(UserError, match=r'1 seed\(s\) in common'):
+        lowdata_paired.main([str(report), '--pair', '30', 'a', 'b'])
+    with pytest.raises(UserError, match=r'no runs of c at k = 30 in the report; it has a, b'):
+        lowdata_paired.main([str(report), '--d4', '30', 'c'])
+    data = json.loads(report.read_text())
+    data['runs'].append(dict(data['runs'][0], recipe='lr=0.002'))  # a grid report: two runs per model and seed
+    report.write_text(json.dumps(data))
+    with pytest.raises(UserError, match='name one with --recipe'):
+        lowdata_paired.main([str(report), '--d4', '30', 'a'])
+    assert lowdata_paired.main([str(report), '--d4', '30', 'a', '--recipe', 'base'])[0]['diffs'] == [10, 7]
+    monkeypatch.setattr(sys, 'argv', ['lowdata_paired.py', str(tmp_path / 'missing.json'), '--d4', '30', 'a'])
+    assert lowdata_paired.cli() == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'missing.json: no such report' in err
+
+
+def test_committed_paired_table_is_rederived_from_the_committed_report(tmp_path, capsys):
+    """results/lowdata_paired.md is what its recorded command computes from results/lowdata.json, line for line."""
+    import shlex
+    import lowdata_paired
+    committed = (BENCHMARKS / 'results' / 'lowdata_paired.md').read_text()
+    command = shlex.split(committed.split('Command: `', 1)[1].split('`', 1)[0])
+    assert command[:3] == ['python', 'benchmarks/lowdata_paired.py', 'benchmarks/results/lowdata.json']
+    args = [str(ROOT / command[2])] + command[3:]
+    args[args.index('--out') + 1] = str(tmp_path / 'again.md')
+    lowdata_paired.main(args)
+    table = [line for line in committed.splitlines() if line.startswith('|')]
+    assert len(table) > 2 and table == [line for line in (tmp_path / 'again.md').read_text().splitlines()
+                                        if line.startswith('|')]
