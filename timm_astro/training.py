@@ -6,21 +6,32 @@ it into train.py's arguments; ``train_classifier`` builds everything with timm's
 ``create_loader`` (augmentation), ``Mixup``, the loss train.py picks, ``create_optimizer_v2`` with
 ``optimizer_kwargs`` (layer decay included), ``create_scheduler_v2`` with ``scheduler_kwargs``, and ``ModelEmaV3``.
 
-Not implemented (train.py-only): distributed training, AMP loss scaling, gradient accumulation, the prefetcher,
-checkpoints and per-epoch validation. The demo and the benchmarks use this loop; train.py remains the tool for
-real training runs.
+Another task trains through the same loop with its own ``loss_fn`` and targets (Galaxy Zoo vote counts with
+the Dirichlet-multinomial loss: ``timm-astro train-votes``); Mixup and label smoothing, which act on class labels,
+are then refused rather than ignored. With ``checkpoint`` the loop writes one checkpoint after every epoch (atomically:
+the file is replaced whole or not at all) holding the weights, optimizer, scheduler, EMA weights, epoch, update count,
+history and random-number states, and ``resume`` continues from one exactly as if the run had not stopped.
+
+Not implemented (train.py-only): distributed training, AMP loss scaling, gradient accumulation and the prefetcher.
+Per-epoch validation is the caller's (``on_epoch_end``). The demo, the benchmarks and ``train-votes`` use this loop;
+train.py remains the tool for real classification runs.
 """
 import argparse
 import math
+import os
+import random
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from timm_astro.errors import UserError
 
-__all__ = ['TRAIN_DEFAULTS', 'IGNORED_KEYS', 'mixes', 'train_args', 'train_classifier', 'TrainResult']
+__all__ = ['TRAIN_DEFAULTS', 'IGNORED_KEYS', 'mixes', 'train_args', 'train_classifier', 'TrainResult',
+           'read_checkpoint']
 
 # The train.py options this loop implements, with train.py's own defaults (pytorch-image-models train.py).
 TRAIN_DEFAULTS: Dict[str, Any] = {
@@ -103,6 +114,10 @@ def train_args(recipe: Optional[Mapping[str, Any]] = None) -> argparse.Namespace
     return args
 
 
+PathLike = Union[str, os.PathLike]
+CHECKPOINT_KEYS = ('epoch', 'state_dict', 'optimizer', 'scheduler', 'updates', 'history', 'rng', 'args')
+
+
 class TrainResult:
     """What a training run produced: the trained model (its EMA copy, when EMA is on), and its history."""
 
@@ -117,6 +132,41 @@ class TrainResult:
         return self.ema if self.ema is not None else self.model
 
 
+def _rng_state() -> Dict[str, Any]:
+    """Every random-number state the loop draws from (shuffling, augmentation, stochastic depth), in a form
+    ``torch.load(weights_only=True)`` reads back: tensors, numbers and tuples only."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {'torch': torch.get_rng_state(), 'python': random.getstate(),
+            'numpy': (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state['torch'])
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def read_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """A checkpoint ``train_classifier`` wrote, read safely (no pickled code runs; CRC-32s checked)."""
+    from timm_astro.loading import _read_pickle, existing_file
+    path = existing_file(path, 'a checkpoint written by timm_astro.training (last.pth.tar)')
+    checkpoint = _read_pickle(path)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, Mapping) or k not in checkpoint]
+    if missing:
+        raise UserError(f'{path}: not a checkpoint of timm_astro.training (no {", ".join(missing)}); it cannot be '
+                        f'resumed (a train.py checkpoint resumes with train.py --resume)')
+    return dict(checkpoint)
+
+
+def _comparable(value: Any) -> Any:
+    return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def train_classifier(
         model: nn.Module,
         dataset,
@@ -127,34 +177,47 @@ def train_classifier(
         device: torch.device = torch.device('cpu'),
         workers: int = 0,
         on_epoch_end: Optional[Callable[[int, nn.Module, Dict[str, float]], Optional[Dict[str, float]]]] = None,
-        steps: Optional[int] = None,
-        log_every: Optional[int] = None,
-        should_stop: Optional[Callable[[List[Dict[str, float]]], bool]] = None,
+        loss_fn: Optional[nn.Module] = None,
+        checkpoint: Optional[PathLike] = None,
+        resume: Optional[PathLike] = None,
+        checkpoint_extra: Optional[Mapping[str, Any]] = None,
 ) -> TrainResult:
-    """Train ``model`` on ``dataset`` (a timm ImageDataset; its transform is set here) with ``args`` from
-    ``train_args``, as train.py would, and return the trained model and the per-epoch history.
-
-    Each history entry has the epoch, the optimizer steps so far (``step``), the mean train loss since the previous
-    entry, the lr, and the training's CPU-seconds so far (``cpu_s``). The hooks' own time (``on_epoch_end``, e.g. a
-    validation pass, and ``should_stop``) is not counted, in ``cpu_s`` nor in the result's seconds: a run's cost is
-    the same whether it is watched or not.
+    """Train ``model`` on ``dataset`` (a timm ImageDataset, or any dataset of ``(image, target)`` with a
+    ``transform`` attribute; its transform is set here) with ``args`` from ``train_args``, as train.py would, and
+    return the trained model and the per-epoch history.
 
     Args:
         data_config: ``input_size``, ``mean``, ``std`` (``timm.data.resolve_model_data_config`` gives them).
         on_epoch_end: Called as ``f(epoch, model_to_evaluate, stats)``; a dict it returns joins the history.
-        steps: Train for exactly this many optimizer steps instead of ``args.epochs`` epochs (the last epoch is cut
-            short). The schedule then counts in steps, as train.py's ``sched_on_updates`` does, and is laid over
-            these steps; its epoch-valued settings (warm-up, cooldown) are converted at the loader's steps per
-            epoch, fractions allowed, so a warm-up of 10 steps is ``warmup_epochs = 10 / steps_per_epoch``.
-        log_every: Write a history entry (and call ``on_epoch_end``, with a fractional epoch) every this many
-            steps and at the end, instead of at the end of each epoch.
-        should_stop: Called with the history after each entry; True ends training there (early stopping).
+        loss_fn: ``loss_fn(outputs, targets)`` for another task's targets, instead of the classification loss
+            train.py picks; Mixup (``mixup``/``cutmix``) and label smoothing are refused with it.
+        checkpoint: Written after every epoch (and its ``on_epoch_end``), replacing the previous one atomically.
+        resume: A checkpoint of this loop to continue from: weights, optimizer, scheduler, EMA, epoch, update count,
+            history and random-number states. The run's ``args`` must be those it was written with.
+        checkpoint_extra: More JSON-like entries for the checkpoint (the task, its tree, the model name).
     """
     from timm.data import Mixup, create_loader
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2, optimizer_kwargs
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
     from timm.utils import ModelEmaV3, random_seed
+    from timm_astro.outputs import atomic_file
+
+    if loss_fn is not None and mixes(vars(args)):
+        raise UserError('mixup/cutmix must be 0 with this loss: Mixup blends class labels, and this task\'s targets '
+                        'are not class labels')
+    if loss_fn is not None and args.smoothing:
+        raise UserError(f'smoothing must be 0 with this loss (label smoothing acts on class labels), got '
+                        f'{args.smoothing}')
+    state = read_checkpoint(resume) if resume is not None else None
+    if state is not None:
+        stored, current = state['args'], vars(args)
+        changed = sorted(k for k in set(stored) | set(current)
+                         if _comparable(stored.get(k)) != _comparable(current.get(k)))
+        if changed:
+            shown = ', '.join(f'{k}={stored.get(k)!r} (now {current.get(k)!r})' for k in changed[:4])
+            raise UserError(f'{resume}: was written by a run with other settings: {shown}; resume with the same '
+                            f'recipe and options, or start a new run')
 
     random_seed(args.seed)
     model.to(device)
@@ -172,53 +235,39 @@ def train_classifier(
                   prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                   label_smoothing=args.smoothing, num_classes=num_classes) if mixes(vars(args)) else None
     # the loss train.py picks: Mixup's targets carry the smoothing
-    if mixup is not None:
-        loss_fn: nn.Module = SoftTargetCrossEntropy()
+    if loss_fn is not None:
+        loss_fn = loss_fn.to(device)
+    elif mixup is not None:
+        loss_fn = SoftTargetCrossEntropy()
     elif args.smoothing:
         loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     else:
         loss_fn = nn.CrossEntropyLoss()
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
-    if steps is None:
-        scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
-                                                    updates_per_epoch=updates_per_epoch)
-    else:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise UserError(f'steps must be a whole number of at least 1, got {steps!r}')
-        # timm multiplies every epoch-valued setting by updates_per_epoch: a schedule of steps / updates_per_epoch
-        # epochs is one of exactly `steps` updates
-        scheduler, _ = create_scheduler_v2(optimizer, **{**scheduler_kwargs(args), 'step_on_epochs': False,
-                                                         'num_epochs': steps / updates_per_epoch},
-                                           updates_per_epoch=updates_per_epoch)
-        num_epochs = math.ceil(steps / updates_per_epoch)
-    if log_every is not None and (isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1):
-        raise UserError(f'log_every must be a whole number of at least 1, got {log_every!r}')
+    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup) if args.model_ema else None
 
     history: List[Dict[str, float]] = []
-    updates, cpu_start, wall_start = 0, time.process_time(), time.perf_counter()
-    hook_cpu, hook_wall = 0.0, 0.0  # time spent in the hooks, not counted as training
-    loss_sum, seen = 0.0, 0
+    start_epoch, updates = 0, 0
+    if state is not None:
+        try:
+            model.load_state_dict(state['state_dict'])
+            optimizer.load_state_dict(state['optimizer'])
+            scheduler.load_state_dict(state['scheduler'])
+            if ema is not None:
+                ema.module.load_state_dict(state['state_dict_ema'])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UserError(f'{resume}: does not fit this model and recipe ({str(e).splitlines()[0]}); resume with '
+                            f'the model it was trained as') from None
+        start_epoch, updates, history = int(state['epoch']), int(state['updates']), list(state['history'])
+        _set_rng_state(state['rng'])  # last: building the model and loader above drew random numbers
 
-    def log(epoch: float) -> bool:
-        """Append a history entry (calling the hooks); True when ``should_stop`` says to end here."""
-        nonlocal loss_sum, seen, hook_cpu, hook_wall
-        stats = {'epoch': epoch, 'step': updates, 'train_loss': loss_sum / max(seen, 1),
-                 'lr': optimizer.param_groups[0]['lr'], 'cpu_s': time.process_time() - cpu_start - hook_cpu}
-        loss_sum, seen = 0.0, 0
-        hook_start = time.process_time(), time.perf_counter()
-        if on_epoch_end is not None:
-            stats.update(on_epoch_end(epoch, ema.module if ema is not None else model, stats) or {})
-        history.append(stats)
-        stop = should_stop is not None and bool(should_stop(history))
-        model.train()  # a hook may have evaluated the model
-        hook_cpu += time.process_time() - hook_start[0]
-        hook_wall += time.perf_counter() - hook_start[1]
-        return stop
-
-    stop = False
-    for epoch in range(num_epochs):
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')  # as train.py's checkpoints name it
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    for epoch in range(start_epoch, num_epochs):
         model.train()
+        loss_sum, seen = 0.0, 0
         for images, targets in loader:
             images, targets = images.to(device), targets.to(device)
             if mixup is not None:
@@ -233,17 +282,19 @@ def train_classifier(
             scheduler.step_update(num_updates=updates)
             loss_sum += loss.item() * images.shape[0]
             seen += images.shape[0]
-            last = steps is not None and updates >= steps
-            if log_every is not None and (updates % log_every == 0 or last):
-                stop = log(updates / updates_per_epoch) or last
-            if stop or last:
-                break
         scheduler.step(epoch + 1)
-        if log_every is None:
-            stop = log(epoch + 1) or stop
-        if stop or (steps is not None and updates >= steps):
-            break
-    if log_every is not None and seen:  # steps after the last entry (the end of an epochs-long run)
-        log(updates / updates_per_epoch)
-    return TrainResult(model, history, updates, time.process_time() - cpu_start - hook_cpu,
-                       time.perf_counter() - wall_start - hook_wall, ema=ema.module if ema is not None else None)
+        stats = {'epoch': epoch + 1, 'train_loss': loss_sum / seen, 'lr': optimizer.param_groups[0]['lr']}
+        if on_epoch_end is not None:
+            stats.update(on_epoch_end(epoch + 1, ema.module if ema is not None else model, stats) or {})
+        history.append(stats)
+        if checkpoint is not None:
+            saved = {
+                **(checkpoint_extra or {}), 'epoch': epoch + 1, 'arch': arch, 'state_dict': model.state_dict(),
+                'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(), 'updates': updates,
+                'history': history, 'args': vars(args), 'rng': _rng_state()}
+            if ema is not None:
+                saved['state_dict_ema'] = ema.module.state_dict()
+            with atomic_file(Path(checkpoint), 'wb') as f:
+                torch.save(saved, f)
+    return TrainResult(model, history, updates, time.process_time() - cpu_start, time.perf_counter() - wall_start,
+                       ema=ema.module if ema is not None else None)
