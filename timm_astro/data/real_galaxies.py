@@ -20,6 +20,8 @@ Sources (none states a licence for its images: keep them out of version control 
   questions t01-t09, from Onkarj012/galaxy-dna-fingerprinting (branch ``master``), de-duplicated by sky position, six
   classes derived from the vote fractions for the class benchmark and the rest kept for the vote benchmark under
   ``unclassified/<split>/`` (``timm_astro.data.galaxy_zoo`` states the rule); 10% validation and 35% test by default.
+* ``mirabest`` / ``mirabest-all``: FIRST radio galaxies as FITS (300x300 float32), FRI or FRII, from
+  fmporter/MiraBest: the 832 confidently classified sources, or all 1,221 (``timm_astro.data.mirabest``).
 * ``first``: 2,158 FIRST radio galaxies (300x300 greyscale PNG; FRI, FRII, Compact, Bent) from the PyPI package
   ``firstgalaxydata==0.2.1``: its ``galaxy_data.zip`` (or that zip unpacked), with a published
   train / valid / test split.
@@ -39,6 +41,7 @@ from timm_astro.data.galaxy10 import GALAXY10_DECALS_CLASSES, class_folder_name
 from timm_astro.data.galaxy_zoo import (
     GZ2_CLASSES as GZ2_VOTE_CLASSES, GZ2_COUNT_COLUMNS, GZ2_FRACTIONS, UNCLASSIFIED_FOLDER, read_gz2_votes)
 from timm_astro.data.image_folder import write_dataset_files
+from timm_astro.data.mirabest import MIRABEST_CLASSES, MIRABEST_COLUMNS, find_mirabest
 from timm_astro.data.splits import stratified_split
 from timm_astro.errors import UserError
 from timm_astro.outputs import atomic_output_dir, check_output_location
@@ -150,6 +153,14 @@ def _find_gz2_votes(src: Path) -> List[SourceImage]:
         split_key=g.key) for g in galaxies]
 
 
+def _mirabest_finder(confident_only: bool) -> Callable[[Path], List[SourceImage]]:
+    def find(src: Path) -> List[SourceImage]:
+        return [SourceImage(source_file=image.path.relative_to(src).as_posix(), label=image.label,
+                            read=_file_reader(image.path), file_name=image.path.name, columns=image.columns)
+                for image in find_mirabest(src, confident_only)]
+    return find
+
+
 FIRST_CLASSES = ('FRI', 'FRII', 'Compact', 'Bent')  # the label ids of firstgalaxydata's file names
 FIRST_SPLITS = {'train': 'train', 'valid': 'validation', 'test': 'test'}
 _FIRST_NAME = re.compile(r'^(?P<ra>-?\d+(?:\.\d+)?)_(?P<dec>-?\d+(?:\.\d+)?)_(?P<label>\d)_(?P<catalog>.+)\.png$')
@@ -207,6 +218,12 @@ SOURCES: Dict[str, ImageSource] = {s.key: s for s in (
         GZ2_VOTE_CLASSES, "that repository's datafinal/ and datafinal2/ folders (git archive master datafinal "
         "datafinal2)", _find_gz2_votes, extra_columns=('ra', 'dec') + GZ2_COUNT_COLUMNS, fractions=GZ2_FRACTIONS,
         unlabelled_folder=UNCLASSIFIED_FOLDER, info={'kind': 'votes', 'tree': 'gz2'}),
+    *(ImageSource(
+        key, f'MiraBest FRI/FRII radio galaxies, FITS ({which}; fmporter/MiraBest)', MIRABEST_CLASSES,
+        'the FITS folder of that repository (or the repository itself)', _mirabest_finder(confident),
+        extra_columns=MIRABEST_COLUMNS, info={'format': 'fits'})
+      for key, which, confident in (('mirabest', 'confidently classified', True),
+                                    ('mirabest-all', 'confident and uncertain', False))),
     ImageSource(
         'first', 'FIRST radio galaxies (PyPI firstgalaxydata 0.2.1)', FIRST_CLASSES,
         "galaxy_data.zip from the firstgalaxydata wheel, or the folder it unpacks to",
