@@ -181,10 +181,18 @@ def train_classifier(
         checkpoint: Optional[PathLike] = None,
         resume: Optional[PathLike] = None,
         checkpoint_extra: Optional[Mapping[str, Any]] = None,
+        steps: Optional[int] = None,
+        log_every: Optional[int] = None,
+        should_stop: Optional[Callable[[List[Dict[str, float]]], bool]] = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` (a timm ImageDataset, or any dataset of ``(image, target)`` with a
     ``transform`` attribute; its transform is set here) with ``args`` from ``train_args``, as train.py would, and
     return the trained model and the per-epoch history.
+
+    Each history entry has the epoch, the optimizer steps so far (``step``), the mean train loss since the previous
+    entry, the lr, and the training's CPU-seconds so far (``cpu_s``). The hooks' own time (``on_epoch_end``, e.g. a
+    validation pass, ``should_stop`` and checkpoints) is not counted, in ``cpu_s`` nor in the result's seconds: a
+    run's cost is the same whether it is watched or not.
 
     Args:
         data_config: ``input_size``, ``mean``, ``std`` (``timm.data.resolve_model_data_config`` gives them).
@@ -195,6 +203,13 @@ def train_classifier(
         resume: A checkpoint of this loop to continue from: weights, optimizer, scheduler, EMA, epoch, update count,
             history and random-number states. The run's ``args`` must be those it was written with.
         checkpoint_extra: More JSON-like entries for the checkpoint (the task, its tree, the model name).
+        steps: Train for exactly this many optimizer steps instead of ``args.epochs`` epochs (the last epoch is cut
+            short). The schedule then counts in steps, as train.py's ``sched_on_updates`` does, and is laid over
+            these steps; its epoch-valued settings (warm-up, cooldown) are converted at the loader's steps per
+            epoch, fractions allowed, so a warm-up of 10 steps is ``warmup_epochs = 10 / steps_per_epoch``.
+        log_every: Write a history entry (and call ``on_epoch_end``, with a fractional epoch) every this many
+            steps and at the end, instead of at the end of each epoch.
+        should_stop: Called with the history after each entry; True ends training there (early stopping).
     """
     from timm.data import Mixup, create_loader
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -244,8 +259,20 @@ def train_classifier(
     else:
         loss_fn = nn.CrossEntropyLoss()
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
-    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
-                                                updates_per_epoch=updates_per_epoch)
+    if steps is None:
+        scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                    updates_per_epoch=updates_per_epoch)
+    else:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise UserError(f'steps must be a whole number of at least 1, got {steps!r}')
+        # timm multiplies every epoch-valued setting by updates_per_epoch: a schedule of steps / updates_per_epoch
+        # epochs is one of exactly `steps` updates
+        scheduler, _ = create_scheduler_v2(optimizer, **{**scheduler_kwargs(args), 'step_on_epochs': False,
+                                                         'num_epochs': steps / updates_per_epoch},
+                                           updates_per_epoch=updates_per_epoch)
+        num_epochs = math.ceil(steps / updates_per_epoch)
+    if log_every is not None and (isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1):
+        raise UserError(f'log_every must be a whole number of at least 1, got {log_every!r}')
     ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup) if args.model_ema else None
 
     history: List[Dict[str, float]] = []
@@ -265,9 +292,42 @@ def train_classifier(
 
     arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')  # as train.py's checkpoints name it
     cpu_start, wall_start = time.process_time(), time.perf_counter()
+    hook_cpu, hook_wall = 0.0, 0.0  # time spent in the hooks and checkpoints, not counted as training
+    loss_sum, seen = 0.0, 0
+
+    def log(epoch: float) -> bool:
+        """Append a history entry (calling the hooks); True when ``should_stop`` says to end here."""
+        nonlocal loss_sum, seen, hook_cpu, hook_wall
+        stats = {'epoch': epoch, 'step': updates, 'train_loss': loss_sum / max(seen, 1),
+                 'lr': optimizer.param_groups[0]['lr'], 'cpu_s': time.process_time() - cpu_start - hook_cpu}
+        loss_sum, seen = 0.0, 0
+        hook_start = time.process_time(), time.perf_counter()
+        if on_epoch_end is not None:
+            stats.update(on_epoch_end(epoch, ema.module if ema is not None else model, stats) or {})
+        history.append(stats)
+        stop = should_stop is not None and bool(should_stop(history))
+        model.train()  # a hook may have evaluated the model
+        hook_cpu += time.process_time() - hook_start[0]
+        hook_wall += time.perf_counter() - hook_start[1]
+        return stop
+
+    def save(epoch: int) -> None:
+        nonlocal hook_cpu, hook_wall
+        hook_start = time.process_time(), time.perf_counter()
+        saved = {
+            **(checkpoint_extra or {}), 'epoch': epoch, 'arch': arch, 'state_dict': model.state_dict(),
+            'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(), 'updates': updates,
+            'history': history, 'args': vars(args), 'rng': _rng_state()}
+        if ema is not None:
+            saved['state_dict_ema'] = ema.module.state_dict()
+        with atomic_file(Path(checkpoint), 'wb') as f:
+            torch.save(saved, f)
+        hook_cpu += time.process_time() - hook_start[0]
+        hook_wall += time.perf_counter() - hook_start[1]
+
+    stop = False
     for epoch in range(start_epoch, num_epochs):
         model.train()
-        loss_sum, seen = 0.0, 0
         for images, targets in loader:
             images, targets = images.to(device), targets.to(device)
             if mixup is not None:
@@ -282,19 +342,19 @@ def train_classifier(
             scheduler.step_update(num_updates=updates)
             loss_sum += loss.item() * images.shape[0]
             seen += images.shape[0]
+            last = steps is not None and updates >= steps
+            if log_every is not None and (updates % log_every == 0 or last):
+                stop = log(updates / updates_per_epoch) or last
+            if stop or last:
+                break
         scheduler.step(epoch + 1)
-        stats = {'epoch': epoch + 1, 'train_loss': loss_sum / seen, 'lr': optimizer.param_groups[0]['lr']}
-        if on_epoch_end is not None:
-            stats.update(on_epoch_end(epoch + 1, ema.module if ema is not None else model, stats) or {})
-        history.append(stats)
+        if log_every is None:
+            stop = log(epoch + 1) or stop
         if checkpoint is not None:
-            saved = {
-                **(checkpoint_extra or {}), 'epoch': epoch + 1, 'arch': arch, 'state_dict': model.state_dict(),
-                'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(), 'updates': updates,
-                'history': history, 'args': vars(args), 'rng': _rng_state()}
-            if ema is not None:
-                saved['state_dict_ema'] = ema.module.state_dict()
-            with atomic_file(Path(checkpoint), 'wb') as f:
-                torch.save(saved, f)
-    return TrainResult(model, history, updates, time.process_time() - cpu_start, time.perf_counter() - wall_start,
-                       ema=ema.module if ema is not None else None)
+            save(epoch + 1)
+        if stop or (steps is not None and updates >= steps):
+            break
+    if log_every is not None and seen:  # steps after the last entry (the end of an epochs-long run)
+        log(updates / updates_per_epoch)
+    return TrainResult(model, history, updates, time.process_time() - cpu_start - hook_cpu,
+                       time.perf_counter() - wall_start - hook_wall, ema=ema.module if ema is not None else None)
