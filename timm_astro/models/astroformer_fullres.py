@@ -17,11 +17,12 @@ where channels change). S4 is timm's MaxxVit stage with its attention swapped (a
 ``softmax(q.(k + r)/sqrt(d) + W[i - j]) v``, r a depthwise conv of the input joining the keys and W a learned kernel
 over relative offsets (``rel_pos_type``, see ``timm_astro.layers.relative_attention``).
 
-W defaults to the band-limited Fourier form with 16 frequencies, chosen by accuracy on real Galaxy10 DECals
-(benchmarks/RESULTS.md, "Which form of W"): at 30 images per class the four forms tied within the spread between
-seeds, and at 80 per class the 16-frequency form beat the paper's full table on validation in every seed and on
-test by 4.7 points, so a tie no longer keeps the table. It also trains on the fused attention kernel, at 0.56 times
-the table's CPU step time and 0.31 times its memory. ``rel_pos_type='table'`` is the paper's Eq. 1.
+W defaults to the band-limited Fourier form with 16 frequencies, provisionally: in the real-galaxy study so far
+(benchmarks/RESULTS.md, "Which form of W": about 160 training steps, 100 test images, 3 seeds) no form of W is
+measurably more accurate than another, and the default was picked partly after test scores were seen; the new
+study of issue 25 is to decide it on validation only. What holds regardless: it trains on the fused attention
+kernel, at 0.56 times the table's CPU step time and 0.31 times its memory. ``rel_pos_type='table'`` is the paper's
+Eq. 1.
 """
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
