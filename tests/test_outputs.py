@@ -231,3 +231,54 @@ def test_an_output_that_cannot_be_moved_aside_is_left_as_it_was(earlier, tmp_pat
         with atomic_output_dir(out, 'test', overwrite=True) as tmp:
             (tmp / 'a.txt').write_text('second')
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+# ---- one writer per output (issue 29): an exclusive lock beside the output, held for the whole run
+
+def test_output_lock_lets_one_run_write_and_names_the_other(tmp_path):
+    out = tmp_path / 'pred.csv'
+    with outputs.output_lock(out, 'timm-astro predict'):
+        assert (tmp_path / '.pred.csv.lock').read_text() == f'{os.getpid()} {socket.gethostname()}\n'
+        with pytest.raises(UserError) as e:  # a second holder, even in the same process (its own open file)
+            with outputs.output_lock(out, 'timm-astro predict'):
+                pass
+        assert str(e.value) == f'another timm-astro predict is writing {out} (pid {os.getpid()})'
+    assert list(tmp_path.iterdir()) == [], 'the lock file goes with the lock'
+    with outputs.output_lock(out, 'timm-astro predict'):  # free again
+        pass
+
+
+def test_output_lock_of_a_killed_run_is_free(tmp_path):
+    """A run killed with SIGKILL cannot remove its lock file; the kernel releases the lock, and the next run takes
+    it (a stale lock file is no obstacle)."""
+    script = ('import os, signal, sys\n'
+              'from timm_astro import outputs\n'
+              'with outputs.output_lock(sys.argv[1], "timm-astro predict"):\n'
+              '    os.kill(os.getpid(), signal.SIGKILL)\n')
+    out = tmp_path / 'pred.csv'
+    proc = subprocess.Popen([sys.executable, '-c', script, str(out)], stderr=subprocess.PIPE)
+    assert proc.wait() == -9, proc.stderr.read().decode()
+    assert (tmp_path / '.pred.csv.lock').read_text().startswith(f'{proc.pid} ')
+    with outputs.output_lock(out, 'timm-astro predict'):
+        assert (tmp_path / '.pred.csv.lock').read_text().startswith(f'{os.getpid()} ')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_lock_is_not_taken_on_a_lock_file_being_removed(tmp_path, monkeypatch):
+    """The holder removes the lock file before releasing it; a run that opened the old file just before must not
+    count the lock of that removed file as its own (two writers), but take the new file's."""
+    out, lock = tmp_path / 'pred.csv', tmp_path / '.pred.csv.lock'
+    real_open, opened = os.open, []
+
+    def open_then_lose_the_race(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if Path(path) == lock:
+            opened.append(path)
+            if len(opened) == 1:
+                os.unlink(lock)  # the holder's unlink lands between our open and our flock
+        return fd
+    monkeypatch.setattr(os, 'open', open_then_lose_the_race)
+    with outputs.output_lock(out, 'timm-astro predict'):
+        assert len(opened) == 2, 'the removed file was let go and the lock file opened again'
+        assert lock.read_text().startswith(f'{os.getpid()} ')
+    assert not lock.exists()

@@ -7,6 +7,8 @@
   run for the same destination; partial folders of a run still alive, and anything that is not ours, are left alone.
 * ``atomic_file``: the same for one file (a CSV, a JSON report): written to a temporary file, renamed into place.
 * ``check_output_location``: the checks on a destination alone, for commands that validate before any work.
+* ``output_lock``: an exclusive lock on a destination for a whole run, so that two runs never write one output
+  (``predict`` appends to a partial file for minutes or hours: a second run on it would interleave rows).
 
 Every failure is a ``UserError`` naming the path, what was wrong and what is expected.
 """
@@ -24,7 +26,7 @@ from timm_astro.errors import OutputExistsError, UserError, describe_os_error
 from timm_astro.version import __version__
 
 __all__ = [
-    'OUTPUT_MARKER', 'atomic_output_dir', 'atomic_file', 'check_output_location', 'is_own_output',
+    'OUTPUT_MARKER', 'atomic_output_dir', 'atomic_file', 'check_output_location', 'is_own_output', 'output_lock',
     'remove_stale_partials', 'write_json',
 ]
 
@@ -277,3 +279,66 @@ def atomic_file(path: PathLike, mode: str = 'w', *, newline: Optional[str] = Non
         with open(tmp, mode, encoding=None if 'b' in mode else 'utf-8', newline=newline) as f:
             yield f
         os.replace(tmp, path)
+
+
+def _lock_holder(fd: int) -> str:
+    """`` (pid N)`` (and `` on HOST`` if another host's) from the lock file ``fd`` refers to; '' if not yet written."""
+    try:
+        pid, host = os.pread(fd, 4096, 0).decode('utf-8', 'replace').split()[:2]
+    except (OSError, ValueError):
+        return ''
+    return f' (pid {pid})' if host == socket.gethostname() else f' (pid {pid} on {host})'
+
+
+@contextlib.contextmanager
+def output_lock(out: PathLike, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` while the block runs; another run that asks for it fails at once with
+    ``another COMMAND is writing OUT (pid N)``. ``out``'s folder must exist.
+
+    The lock is ``flock`` on ``.NAME.lock`` beside ``out``, which holds the owner's pid and host. The kernel releases
+    it when its process ends however it ends (SIGKILL, a crash), so a lock file left behind never blocks a later run.
+    The owner removes the file before letting go; a run that opened the file just before that removal would lock a
+    file nobody else sees, so a lock counts only if the file locked is still the one at the lock's path.
+    A file system without locks (some network or FUSE mounts) gets a note, and the run goes on unprotected.
+    """
+    out = Path(out)
+    lock = out.with_name(f'.{out.name}.lock')
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        fcntl = None
+    if fcntl is None:
+        _note(f'{out}: cannot be locked on this system; make sure no other run writes it at the same time')
+        yield
+        return
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise UserError(f'{out}: cannot be written ({lock}): {describe_os_error(e)}') from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UserError(f'another {command} is writing {out}{holder}') from None
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: no locks here
+            os.close(fd)
+            _note(f'{out}: cannot be locked ({describe_os_error(e)}); make sure no other run writes it at the same '
+                  f'time')
+            yield
+            return
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # we locked a file its owner had just removed: the lock is the file now at that path
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'{os.getpid()} {socket.gethostname()}\n'.encode(), 0)
+        yield
+    finally:
+        _remove(lock)  # while still locked: whoever opens the path next gets a new file, and the lock with it
+        os.close(fd)
