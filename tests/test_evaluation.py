@@ -2,7 +2,9 @@
 import csv
 import json
 import math
+import os
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -240,3 +242,178 @@ def test_real_timm_models_score_the_same_with_the_library_and_by_hand(image_fold
         by_hand = torch.stack([model(transform(Image.open(image_folder / 'test' / i).convert('RGB'))[None])[0]
                                for i in data.item_ids]).softmax(-1)
     assert torch.allclose(result.probs('none'), by_hand, atol=1e-5)
+
+
+# ---- reading the data: every image scored as itself or reported (issue 29) ----------------------------------------
+
+def _random_png(path: Path, seed: int, size: int = 12) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture()
+def folder_with_bad_files(tmp_path) -> Path:
+    """test/<class>/: 3 good images per class, a JPEG named .png (good), a truncated PNG, a text file named .png and
+    a 16-bit PNG (good)."""
+    from image_files import write_16bit_png, write_truncated_png
+    root = tmp_path / 'data' / 'test'
+    for label, name in enumerate(CLASSES):
+        for i in range(3):
+            _random_png(root / name / f'{i}.png', 10 * label + i)
+    Image.fromarray(np.full((12, 12, 3), 200, dtype=np.uint8)).save(root / CLASSES[0] / 'jpeg.png', format='JPEG')
+    write_truncated_png(root / CLASSES[0] / 'cut.png')
+    (root / CLASSES[1] / 'text.png').write_text('not an image')
+    write_16bit_png(root / CLASSES[2] / 'deep.png')
+    return root
+
+
+LEFT_OUT = {f'{CLASSES[0]}/cut.png': 'truncated', f'{CLASSES[1]}/text.png': 'not an image Pillow can identify'}
+
+
+def test_unreadable_images_are_left_out_and_listed_never_scored_with_another_image(folder_with_bad_files):
+    from image_files import RAMP_16, expected_8bit
+    model = timm.create_model('resnet18', num_classes=3).eval()
+    data = open_labelled_data(folder_with_bad_files)
+    deep = data.item_ids.index(f'{CLASSES[2]}/deep.png')
+    image, _ = data.dataset[deep]  # no transform yet: the image as read, scaled by its bit depth
+    assert np.array_equal(np.asarray(image)[..., 0], expected_8bit(RAMP_16))
+    result = evaluate(model, data, data_config={'input_size': (3, 16, 16), 'crop_pct': 1.0}, progress=False)
+    scored = [i for i in data.item_ids if i not in LEFT_OUT]
+    assert result.data.item_ids == scored and len(scored) == 11
+    assert [i for i, _ in result.left_out] == sorted(LEFT_OUT, key=data.item_ids.index)
+    for item, reason in result.left_out:
+        assert LEFT_OUT[item] in reason
+    assert result.targets.tolist() == [data.targets[data.item_ids.index(i)] for i in scored]
+    from timm.data import create_transform
+    from timm_astro.data.images import read_image
+    transform = create_transform(input_size=(3, 16, 16), crop_pct=1.0, interpolation='bicubic',
+                                 mean=model.pretrained_cfg['mean'], std=model.pretrained_cfg['std'])
+    with torch.no_grad():
+        by_hand = torch.stack([model(transform(read_image(folder_with_bad_files / i))[None])[0]
+                               for i in scored]).softmax(-1)
+    assert torch.allclose(result.probs('none'), by_hand, atol=1e-5), 'each image is scored as itself'
+    assert result.metrics['none']['num_images'] == 11
+
+
+def test_evaluate_command_counts_and_lists_the_images_left_out(folder_with_bad_files, tmp_path, capsys):
+    out = tmp_path / 'report'
+    assert main(['resnet18', str(folder_with_bad_files), '--num-classes', '3', '--img-size', '16', '--output',
+                 str(out), '--no-progress', '--no-plots']) == 0
+    captured = capsys.readouterr()
+    assert 'warning: 2 of 13 images could not be read and were left out (listed in metrics.json)' in captured.err
+    report = json.loads((out / 'metrics.json').read_text())
+    assert report['num_images'] == 11 and report['num_left_out'] == 2
+    assert {entry['id'] for entry in report['left_out']} == set(LEFT_OUT)
+    assert all(LEFT_OUT[e['id']] in e['reason'] for e in report['left_out'])
+    with open(out / 'predictions.csv', newline='') as f:
+        assert {r['id'] for r in csv.DictReader(f)}.isdisjoint(LEFT_OUT)
+
+
+def test_when_no_image_can_be_read_the_error_says_so(tmp_path):
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'a' / 'x.png').write_text('text')
+    data = open_labelled_data(tmp_path)
+    with pytest.raises(UserError, match=r'none of the 1 images .* could be read \(a/x.png: not an image'):
+        evaluate(InvariantByConstruction(num_classes=1), data, data_config={'input_size': (3, 8, 8)}, progress=False)
+
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='named pipes (os.mkfifo) are POSIX only')
+def test_links_and_special_files_in_the_data_never_hang_and_are_reported(tmp_path):
+    from image_files import fifo_unblocker
+    root = tmp_path / 'data'
+    for label, name in enumerate(CLASSES):
+        for i in range(2):
+            _random_png(root / name / f'{i}.png', 10 * label + i)
+    outside = _random_png(tmp_path / 'elsewhere' / 'far.png', 99)
+    (root / CLASSES[0] / 'far.png').symlink_to(outside)  # followed: a regular file
+    (root / CLASSES[0] / 'near.png').symlink_to(root / CLASSES[1] / '0.png')  # followed, labelled by its folder
+    (root / CLASSES[1] / 'dangling.png').symlink_to(root / 'gone.png')
+    (root / CLASSES[1] / 'self.png').symlink_to(root / CLASSES[1] / 'self.png')
+    os.mkfifo(root / CLASSES[2] / 'pipe.png')
+    data = open_labelled_data(root)
+    with fifo_unblocker(root / CLASSES[2] / 'pipe.png'):
+        result = evaluate(InvariantByConstruction(num_classes=3), data, data_config={'input_size': (3, 8, 8)},
+                          progress=False)
+    assert dict(result.left_out) == {
+        f'{CLASSES[1]}/dangling.png': 'a symbolic link to a missing file', f'{CLASSES[1]}/self.png':
+            'a symbolic link loop', f'{CLASSES[2]}/pipe.png': 'a named pipe (FIFO), not a regular file: not opened'}
+    assert sorted(result.data.item_ids) == sorted([f'{n}/{i}.png' for n in CLASSES for i in range(2)]
+                                                  + [f'{CLASSES[0]}/far.png', f'{CLASSES[0]}/near.png'])
+
+
+def test_a_folder_loop_in_the_data_is_refused_not_walked(tmp_path):
+    root = tmp_path / 'data'
+    _random_png(root / 'a' / '0.png', 0)
+    (root / 'a' / 'up').symlink_to(root, target_is_directory=True)
+    with pytest.raises(UserError, match='a/up: a symbolic link to a folder above it'):
+        open_labelled_data(root)
+
+
+def test_a_decompression_bomb_is_left_out_with_its_reason(tmp_path):
+    from image_files import write_png_header
+    root = tmp_path / 'data'
+    _random_png(root / 'a' / '0.png', 0)
+    _random_png(root / 'b' / '0.png', 1)
+    write_png_header(root / 'a' / 'bomb.png', 20_000, 20_000)
+    result = evaluate(InvariantByConstruction(num_classes=2), open_labelled_data(root),
+                      data_config={'input_size': (3, 8, 8)}, progress=False)
+    assert result.data.item_ids == ['a/0.png', 'b/0.png'] and result.left_out == [('a/bomb.png', ANY)]
+    assert 'decompression bomb' in result.left_out[0][1]
+
+
+# ---- which images are one split's, and what their classes are ---------------------------------------------------
+
+def test_split_folders_need_split_whatever_lies_beside_them(tmp_path):
+    from timm_astro.commands.import_images import main as import_main
+    from timm_astro.data.galaxy10 import GALAXY10_DECALS_CLASSES
+    from timm_astro.data.synthetic_galaxies import write_image_folder
+    demo = tmp_path / 'demo_data'
+    write_image_folder(demo, 1, image_size=32)  # the demo's data/: train/, validation/ and the output marker
+    with pytest.raises(UserError, match='holds the splits train, validation: pass --split'):
+        open_labelled_data(demo)
+    source = tmp_path / 'sample' / 'galaxy_type_dataset'  # the galaxy10-decals-sample layout
+    for label, name in enumerate(GALAXY10_DECALS_CLASSES):
+        for i in range(10):
+            path = source / name.replace(' ', '_').replace('-', '_') / f'image_{10 * label + i}_{label}.jpg'
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), 10 * label + i, dtype=np.uint8)).save(path)
+    assert import_main(['galaxy10-decals-sample', str(source), str(tmp_path / 'imported')]) == 0
+    assert {p.name for p in (tmp_path / 'imported').iterdir() if p.is_file()} >= {'manifest.csv', 'dataset.json'}
+    with pytest.raises(UserError, match='holds the splits train, validation, test: pass --split'):
+        open_labelled_data(tmp_path / 'imported')
+    assert len(open_labelled_data(tmp_path / 'imported', 'test').item_ids) == 10
+
+
+def test_a_split_lacking_a_class_keeps_the_class_indices_of_its_siblings(tmp_path):
+    for split, names in (('train', CLASSES), ('validation', (CLASSES[0], CLASSES[2]))):
+        for name in names:
+            _random_png(tmp_path / split / name / '0.png', 0)
+    (tmp_path / 'validation' / CLASSES[1]).mkdir()  # an empty class folder counts as the class it names
+    for data in (open_labelled_data(tmp_path, 'validation'), open_labelled_data(tmp_path / 'validation')):
+        assert data.class_names == list(CLASSES) and data.targets == [0, 2]
+    result = evaluate(InvariantByConstruction(num_classes=3), open_labelled_data(tmp_path, 'validation'),
+                      data_config={'input_size': (3, 8, 8)}, progress=False)
+    assert any(f'no images of 1 class ({CLASSES[1]})' in w for w in result.warnings)
+
+
+@pytest.mark.parametrize('layout, expected', [
+    ('empty', 'no images found; expected'),
+    ('loose', 'lie directly in .* not in class folders'),
+])
+def test_data_without_class_folders_is_one_clear_line(tmp_path, layout, expected):
+    root = tmp_path / 'data'
+    root.mkdir()
+    if layout == 'loose':
+        _random_png(root / '0.png', 0)
+        _random_png(root / '1.png', 1)
+    with pytest.raises(UserError, match=expected):
+        open_labelled_data(root)
+
+
+def test_output_inside_the_data_folder_is_refused(image_folder, tmp_path, capsys):
+    out = image_folder / 'test' / 'report'
+    assert main(['resnet18', str(image_folder / 'test'), '--num-classes', '3', '--output', str(out),
+                 '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'inside the data folder' in err and not out.exists()

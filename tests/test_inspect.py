@@ -140,3 +140,41 @@ def test_missing_matplotlib_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib now raises ImportError
     with pytest.raises(MissingDependency, match=r"pip install 'timm-astro\[plot\]'"):
         write_kernel_pictures(timm.create_model('astroformer_small'), tmp_path)
+
+
+def test_decompression_bomb_and_special_files_are_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import os
+    import timm_astro.loading
+    from image_files import fifo_unblocker, write_png_header, write_16bit_png
+
+    def load_model(*args, **kwargs):
+        raise AssertionError('the model was loaded before the images were checked')
+    monkeypatch.setattr(timm_astro.loading, 'load_model', load_model)
+    bomb = write_png_header(tmp_path / 'bomb.png', 20_000, 20_000)
+    assert cli.main(['inspect', 'astroformer_small', str(bomb), '--output', str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and f'{bomb}: cannot be read as an image: 400,000,000 pixels' in err
+    assert 'decompression bomb' in err and not (tmp_path / 'out').exists()
+    if hasattr(os, 'mkfifo'):
+        os.mkfifo(tmp_path / 'pipe.png')
+        with fifo_unblocker(tmp_path / 'pipe.png'):
+            assert cli.main(['inspect', 'astroformer_small', str(tmp_path / 'pipe.png'), '--output',
+                             str(tmp_path / 'out')]) == 2
+        assert 'pipe.png: cannot be read as an image: a named pipe (FIFO)' in capsys.readouterr().err
+    deep = write_16bit_png(tmp_path / 'deep.png')
+    Image.fromarray(__import__('numpy').ones((4, 4), dtype='float32')).save(tmp_path / 'flux.tif')
+    assert cli.main(['inspect', 'astroformer_small', str(deep), str(tmp_path / 'flux.tif'), '--output',
+                     str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err
+    assert 'flux.tif: cannot be read as an image: float pixels' in err and 'deep.png' not in err
+
+
+def test_attention_pictures_see_a_16bit_image_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from timm_astro.inspection import _load_image
+    from image_files import RAMP_16, expected_8bit, write_16bit_png
+    model = timm.create_model('astroformer_small', num_classes=3)
+    model.pretrained_cfg = {**model.pretrained_cfg, 'input_size': (3, 2, 6), 'crop_pct': 1.0, 'mean': (0, 0, 0),
+                            'std': (1, 1, 1)}
+    x, _ = _load_image(write_16bit_png(tmp_path / 'deep.png'), model)
+    np.testing.assert_allclose(x[0].numpy() * 255, expected_8bit(RAMP_16), atol=1e-3)

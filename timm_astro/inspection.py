@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from timm.data import create_transform, resolve_model_data_config
 
+from timm_astro.data.images import image_problem, read_image
 from timm_astro.errors import UserError
 from timm_astro.evaluation.plots import pyplot
 from timm_astro.layers.relative_attention import RelativeAttention2d
@@ -96,17 +97,9 @@ def write_kernel_pictures(
 
 
 def _load_image(path: Path, model: nn.Module) -> Tuple[torch.Tensor, Dict[str, Any]]:
-    from PIL import Image, UnidentifiedImageError
+    """``path`` read as ``evaluate`` and ``predict`` read it (``timm_astro.data.images``), preprocessed for ``model``."""
     config = resolve_model_data_config(model)
-    mode = 'L' if config['input_size'][0] == 1 else 'RGB'
-    try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
-    except FileNotFoundError:
-        raise UserError(f'{path}: not found; expected an image file (PNG, JPEG, ...)') from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f'{path}: cannot be read as an image ({e}); expected a PNG, JPEG or another format Pillow '
-                        'reads') from None
+    image = read_image(path, 'L' if config['input_size'][0] == 1 else 'RGB')
     return create_transform(**config, is_training=False)(image), config
 
 
@@ -189,12 +182,15 @@ def inspect_model(
     """Load ``spec`` (see ``timm_astro.loading.load_model``) and write into ``out`` its kernel pictures
     (``kernels/``), the attention pictures of ``images`` (``attention/``) and ``inspect.json`` listing them.
 
-    The images, ``out`` and matplotlib are checked before the model is loaded (perhaps a Hub download)."""
+    The images (each read once: a file that is not an image, a FIFO, a decompression bomb, float pixels are one
+    line), ``out`` and matplotlib are checked before the model is loaded (perhaps a Hub download)."""
     from timm_astro.loading import load_model
 
-    missing = [str(p) for p in images if not Path(p).is_file()]
+    missing = [str(p) for p in images if image_problem(p) == 'not found']
     if missing:
         raise UserError(f"{', '.join(missing)}: not found; expected image files")
+    for path in images:
+        read_image(path)
     check_output_location(out, overwrite=overwrite, created_by=CREATED_BY)
     pyplot()
     model = load_model(spec, checkpoint)

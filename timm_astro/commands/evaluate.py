@@ -1,14 +1,26 @@
 """``timm-astro evaluate MODEL DATA``: per-class metrics, calibration and test-time symmetry on a labelled split."""
 import argparse
+import sys
+from pathlib import Path
 from typing import List, Optional
 
 from timm_astro.commands import run_command
 from timm_astro.commands._model_args import (
     add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args)
 from timm_astro.evaluation.evaluate import evaluate, open_labelled_data, summary_table, write_report
+from timm_astro.errors import UserError
 from timm_astro.evaluation.tta import TTA_MODES
 
 PROG = 'timm-astro evaluate'
+
+
+def check_output_outside_data(output: str, data: str) -> None:
+    """Refuse an ``--output`` inside the data folder: the next evaluate of that folder would read the report's
+    images as a class of its own."""
+    data_path, out_path = Path(data).resolve(), Path(output).resolve()
+    if data_path.is_dir() and (out_path == data_path or data_path in out_path.parents):
+        raise UserError(f'--output {output} is inside the data folder {data}, where its pictures would be read as a '
+                        f'class of images; choose a folder outside it')
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -37,6 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def run() -> None:
         from timm_astro.outputs import check_output_location
+        check_output_outside_data(args.output, args.data)
         check_output_location(args.output, overwrite=args.overwrite, created_by='timm-astro evaluate')
         data = open_labelled_data(args.data, args.split, val_fraction=args.val_fraction,
                                   test_fraction=args.test_fraction, seed=args.seed)
@@ -45,10 +58,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             model, data, data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)), tta=args.tta,
             batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)
         for warning in result.warnings:
-            print(f'{PROG}: warning: {warning}')
+            print(f'{PROG}: warning: {warning}', file=sys.stderr)
         write_report(result, args.output, overwrite=args.overwrite, plots=not args.no_plots,
                      extra={'model_spec': args.model, 'checkpoint': args.checkpoint})
-        print(f'{result.model_name} on {data.source}: {len(data.item_ids)} images, {len(result.label_names)} classes')
+        left_out = f' ({len(result.left_out)} left out: unreadable)' if result.left_out else ''
+        print(f'{result.model_name} on {data.source}: {len(result.data.item_ids)} images{left_out}, '
+              f'{len(result.label_names)} classes')
         print(summary_table(result))
         shown = list(result.metrics)[-1]
         worst = sorted(result.metrics[shown]['per_class'], key=lambda c: c['recall'])[:3]

@@ -4,22 +4,29 @@
 Galaxy10-schema HDF5 file; ``evaluate`` runs the model over it once per symmetry view and scores both the plain
 prediction (the identity view) and the view average; ``write_report`` writes ``metrics.json``,
 ``confusion_matrix.png``, ``reliability.png`` and ``predictions.csv`` into a folder, atomically.
+
+Images are read by ``timm_astro.data.images`` (its rules: which files are opened, how 16-bit pixels become 8 bits).
+Every image is scored as itself or left out as unreadable: ``Evaluation.left_out`` and ``metrics.json`` list each
+one with its reason, and the metrics cover the rest. A folder holding split folders needs ``split``; the classes of
+one split are those of all its sibling splits, so a split that lacks a class keeps the class indices of the others.
 """
 import csv
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from timm_astro.data.images import ImageFiles, collate_readable, list_image_folder
 from timm_astro.errors import UserError
 from timm_astro.evaluation.metrics import classification_metrics, predictive_entropy, reliability_bins
 from timm_astro.evaluation.tta import TTA_MODES, view_probabilities
-from timm_astro.outputs import atomic_output_dir, write_json
+from timm_astro.outputs import OUTPUT_MARKER, atomic_output_dir, write_json
 
 __all__ = [
     'LabelledData', 'Evaluation', 'open_labelled_data', 'collect_view_probabilities', 'evaluate', 'write_report',
@@ -28,6 +35,7 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 H5_SUFFIXES = ('.h5', '.hdf5')
+SPLIT_FOLDERS = ('train', 'validation', 'val', 'test')
 CREATED_BY = 'timm-astro evaluate'
 
 
@@ -43,7 +51,54 @@ class LabelledData:
 
 
 def _has_split_folders(root: Path) -> List[str]:
-    return [name for name in ('train', 'validation', 'val', 'test') if (root / name).is_dir()]
+    return [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
+
+
+def _refuse_outputs_inside(root: Path, samples: Sequence[Tuple[str, int]]) -> None:
+    """An earlier output of ours below ``root`` (a report's PNGs) would be read as a class of images: refuse it."""
+    checked = set()
+    for path, _ in samples:
+        for folder in Path(path).parents:
+            if folder == root or root not in folder.parents or folder in checked:
+                break
+            checked.add(folder)
+            if (folder / OUTPUT_MARKER).is_file():
+                raise UserError(f'{folder}: an earlier timm-astro output (it holds {OUTPUT_MARKER}) inside the data, '
+                                f'whose images would be read as a class; move it out of {root}')
+
+
+def _split_classes(root: Path) -> Optional[Dict[str, int]]:
+    """The class index of all the splits beside ``root`` when it is one split of a folder of splits, else None."""
+    from timm.utils.misc import natural_key
+    if root.name not in SPLIT_FOLDERS:
+        return None
+    siblings = _has_split_folders(root.parent)
+    if len(siblings) < 2:
+        return None
+    names = set()
+    for split in siblings:
+        names.update(list_image_folder(root.parent / split)[1])
+    names.discard('')
+    return {name: i for i, name in enumerate(sorted(names, key=natural_key))}
+
+
+def _open_image_folder(root: Path) -> LabelledData:
+    from timm.data.readers.img_extensions import get_img_extensions
+    samples, class_to_idx = list_image_folder(root)
+    if not samples:
+        raise UserError(f'{root}: no images found; expected {root}/<class name>/<image files> '
+                        f'({", ".join(get_img_extensions())})')
+    names = {index: name for name, index in class_to_idx.items()}
+    loose = [Path(p).name for p, t in samples if names[t] == '']
+    if loose:
+        raise UserError(f'{root}: {len(loose)} image(s) lie directly in it (e.g. {loose[0]}), not in class folders; '
+                        f'expected {root}/<class name>/<image files>')
+    _refuse_outputs_inside(root, samples)
+    class_to_idx = _split_classes(root) or class_to_idx
+    samples = [(p, class_to_idx[names[t]]) for p, t in samples]
+    class_names = sorted(class_to_idx, key=class_to_idx.get)
+    ids = [Path(p).relative_to(root).as_posix() for p, _ in samples]
+    return LabelledData(ImageFiles(samples), str(root), class_names, ids, [t for _, t in samples])
 
 
 def open_labelled_data(
@@ -54,7 +109,11 @@ def open_labelled_data(
         test_fraction: float = 0.0,
         seed: int = 0,
 ) -> LabelledData:
-    """An ImageFolder (``data`` itself, or its ``split`` sub-folder) or a Galaxy10-schema HDF5 file's ``split``."""
+    """An ImageFolder (``data`` itself, or its ``split`` sub-folder) or a Galaxy10-schema HDF5 file's ``split``.
+
+    A folder that holds split folders (train, validation, val, test) needs ``split``, whatever else lies beside them.
+    Images lying directly in the folder (no class folders) and earlier timm-astro outputs inside it are refused.
+    """
     path = Path(data)
     if not path.exists():
         raise UserError(f'{path}: no such file or folder; expected an ImageFolder split (DATA/test/<class>/...) or '
@@ -76,17 +135,10 @@ def open_labelled_data(
     if split and not root.is_dir():
         found = _has_split_folders(path)
         raise UserError(f'{root}: no such split folder in {path} (found: {", ".join(found) or "none"})')
-    if not split and _has_split_folders(root) and not any(f.is_file() for f in root.iterdir()):
+    if not split and _has_split_folders(root):  # whatever lies beside them (our own manifest.csv, a marker, ...)
         raise UserError(f'{root} holds the splits {", ".join(_has_split_folders(root))}: pass --split (e.g. test), '
                         f'or the split folder itself')
-    from timm.data import create_dataset
-    dataset = create_dataset('', root=str(root), split='')
-    samples = dataset.reader.samples
-    if not samples:
-        raise UserError(f'{root}: no images found; expected {root}/<class name>/<image files>')
-    class_names = sorted(dataset.reader.class_to_idx, key=dataset.reader.class_to_idx.get)
-    ids = [Path(p).relative_to(root).as_posix() for p, _ in samples]
-    return LabelledData(dataset, str(root), class_names, ids, [int(t) for _, t in samples])
+    return _open_image_folder(root)
 
 
 def label_names_for(model: nn.Module, data_class_names: Sequence[str]) -> List[str]:
@@ -120,23 +172,36 @@ def collect_view_probabilities(
         device: Union[str, torch.device] = 'cpu',
         progress: bool = True,
         desc: str = 'evaluate',
-) -> torch.Tensor:
-    """Probabilities of every image under every view, ``[N, views, classes]``, in the loader's order."""
+) -> Tuple[torch.Tensor, List[Optional[str]]]:
+    """Probabilities of every image read under every view, ``[N read, views, classes]``, in the loader's order, and
+    one reason per item of the loader (None for an image read): batches are ``(images, targets)`` or, collated by
+    ``collate_readable``, ``(images or None, targets or None, reasons)``."""
     model.eval()
-    chunks = []
+    chunks, reasons = [], []
     total = len(loader.dataset) if hasattr(loader, 'dataset') else None
     with tqdm(total=total, unit='img', desc=desc, disable=None if progress else True, leave=False) as bar:
-        for images, _ in loader:
-            chunks.append(view_probabilities(model, images.to(device), tta).transpose(0, 1).cpu())
-            bar.update(images.shape[0])
-    if not chunks:
+        for batch in loader:
+            images, batch_reasons = batch[0], (batch[2] if len(batch) > 2 else [None] * len(batch[0]))
+            if images is not None:
+                chunks.append(view_probabilities(model, images.to(device), tta).transpose(0, 1).cpu())
+            reasons += batch_reasons
+            bar.update(len(batch_reasons))
+    if not reasons:
         raise UserError('the data loader yielded no images')
-    return torch.cat(chunks)
+    views = len(TTA_MODES[tta])
+    return (torch.cat(chunks) if chunks else torch.empty(0, views, 0)), reasons
+
+
+def _subset(data: LabelledData, keep: Sequence[int]) -> LabelledData:
+    """``data`` reduced to the items ``keep`` (its dataset unchanged: positions refer to the whole)."""
+    return dataclasses.replace(data, item_ids=[data.item_ids[i] for i in keep], targets=[data.targets[i] for i in keep],
+                               columns={k: [v[i] for i in keep] for k, v in data.columns.items()})
 
 
 @dataclass
 class Evaluation:
-    """Scores of one model on one split: ``metrics[mode]`` for 'none' and (with TTA) the TTA mode."""
+    """Scores of one model on one split: ``metrics[mode]`` for 'none' and (with TTA) the TTA mode; ``data`` holds
+    the images scored, ``left_out`` those that could not be read, with the reason."""
     model_name: str
     data: LabelledData
     label_names: List[str]
@@ -146,6 +211,7 @@ class Evaluation:
     metrics: Dict[str, Dict[str, Any]]
     data_config: Dict[str, Any]
     warnings: List[str] = field(default_factory=list)
+    left_out: List[Tuple[str, str]] = field(default_factory=list)  # (item id, reason) of each image not read
 
     def probs(self, mode: str) -> torch.Tensor:
         return self.view_probs[:, 0] if mode == 'none' else self.view_probs.mean(1)
@@ -165,7 +231,8 @@ def evaluate(
     """Score ``model`` on ``data`` without and (``tta`` 'flip' or 'd4') with test-time symmetry averaging.
 
     ``data_config`` defaults to ``timm.data.resolve_model_data_config(model)`` (the model's own input size,
-    interpolation, crop and normalisation); the same eval transform as timm's validate.py is used.
+    interpolation, crop and normalisation); the same eval transform as timm's validate.py is used. An image that
+    cannot be read is left out, listed in ``left_out`` and warned about; none readable raises ``UserError``.
     """
     from timm.data import create_loader, resolve_model_data_config
     if tta not in TTA_MODES:
@@ -181,15 +248,31 @@ def evaluate(
     loader = create_loader(
         data.dataset, input_size=config['input_size'], batch_size=batch_size, is_training=False,
         interpolation=config['interpolation'], mean=config['mean'], std=config['std'], crop_pct=config['crop_pct'],
-        crop_mode=config.get('crop_mode'), num_workers=workers, use_prefetcher=False, device=torch.device(device))
-    view_probs = collect_view_probabilities(model.to(device), loader, tta, device, progress,
-                                            desc=f'evaluate ({len(TTA_MODES[tta])} view{"s" if tta != "none" else ""})')
+        crop_mode=config.get('crop_mode'), num_workers=workers, use_prefetcher=False, device=torch.device(device),
+        collate_fn=collate_readable)
+    view_probs, reasons = collect_view_probabilities(
+        model.to(device), loader, tta, device, progress,
+        desc=f'evaluate ({len(TTA_MODES[tta])} view{"s" if tta != "none" else ""})')
+    left_out = [(data.item_ids[i], reason) for i, reason in enumerate(reasons) if reason is not None]
+    if len(left_out) == len(reasons):
+        raise UserError(f'none of the {len(reasons)} images of {data.source} could be read ({left_out[0][0]}: '
+                        f'{left_out[0][1]}{"; ..." if len(left_out) > 1 else ""})')
+    if left_out:
+        warnings.append(f'{len(left_out)} of {len(reasons)} images could not be read and were left out (listed in '
+                        f'metrics.json): {left_out[0][0]}: {left_out[0][1]}{"; ..." if len(left_out) > 1 else ""}')
+        data = _subset(data, [i for i, reason in enumerate(reasons) if reason is None])
+    present = set(data.targets)
+    missing = [name for i, name in enumerate(data.class_names) if i not in present]
+    if missing:
+        warnings.append(f'the data has no images of {len(missing)} class{"es" if len(missing) > 1 else ""} '
+                        f'({", ".join(missing[:5])}{", ..." if len(missing) > 5 else ""}): support 0, left out of '
+                        f'the macro averages')
     targets = torch.tensor(data.targets)
     metrics = {'none': classification_metrics(view_probs[:, 0], targets, label_names)}
     if tta != 'none':
         metrics[tta] = classification_metrics(view_probs.mean(1), targets, label_names)
     name = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__
-    return Evaluation(name, data, label_names, tta, view_probs, targets, metrics, config, warnings)
+    return Evaluation(name, data, label_names, tta, view_probs, targets, metrics, config, warnings, left_out)
 
 
 SUMMARY_KEYS = ('top1', 'top5', 'balanced_accuracy', 'macro_f1', 'log_loss', 'ece')
@@ -245,6 +328,8 @@ def write_report(evaluation: Evaluation, out_dir: PathLike, *, overwrite: bool =
             'model': evaluation.model_name,
             'data': evaluation.data.source,
             'num_images': len(evaluation.data.item_ids),
+            'num_left_out': len(evaluation.left_out),
+            'left_out': [{'id': item, 'reason': reason} for item, reason in evaluation.left_out],
             'label_names': evaluation.label_names,
             'tta': evaluation.tta,
             'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in evaluation.data_config.items()},
