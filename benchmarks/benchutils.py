@@ -17,6 +17,7 @@ import torch
 __all__ = [
     'machine_info', 'command_line', 'read_status_kb', 'reset_peak_rss', 'release_free_memory', 'MemoryProbe', 'fmt_num',
     'markdown_table', 'matmul_gflops', 'write_text_atomic', 'create_benchmark_model', 'SIZED_FAMILIES',
+    'json_dumps_compact',
 ]
 
 # timm families built for an input size: MaxxVit-style attention windows are fixed at construction, and
@@ -44,6 +45,33 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def json_dumps_compact(obj: Any, indent: int = 1) -> str:
+    """``json.dumps(obj, indent=indent)``, except that a list or dict holding only numbers, strings, booleans or
+    None goes on one line: per-image predictions (thousands of small ints) and history entries stay readable and
+    small instead of taking a line per value."""
+    import json
+    import uuid
+    inline: List[str] = []
+    nonce = uuid.uuid4().hex  # so that no string of the data can pass for a marker
+
+    def flat(value: Any) -> bool:
+        return value is None or isinstance(value, (bool, int, float, str))
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, (list, tuple, dict)):
+            values = value.values() if isinstance(value, dict) else value
+            if values and all(flat(v) for v in values):
+                inline.append(json.dumps(value, separators=(',', ':') if not isinstance(value, dict) else (', ', ': ')))
+                return f'\0{nonce}:{len(inline) - 1}\0'
+            if isinstance(value, dict):
+                return {k: mark(v) for k, v in value.items()}
+            return [mark(v) for v in value]
+        return value
+
+    text = json.dumps(mark(obj), indent=indent)
+    return re.sub(rf'"\\u0000{nonce}:(\d+)\\u0000"', lambda m: inline[int(m.group(1))], text)
 
 
 def command_line() -> str:

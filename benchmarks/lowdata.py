@@ -1,38 +1,54 @@
 #!/usr/bin/env python3
-"""Accuracy with few labelled images: Astroformer against timm peers on real galaxies, same recipe for all.
+"""Accuracy with few labelled images: Astroformer against timm peers on real galaxies, under a fixed protocol.
 
-Data: an ImageFolder with ``train/``, ``validation/`` and ``test/`` (``timm-astro import galaxy10-decals-sample
-...`` writes one from the 1,000 real Galaxy10 DECals images); ``--data-dir synthetic`` renders the package's
-synthetic galaxies instead (no download: for a quick check of the script).
+Data: an ImageFolder with ``train/``, ``validation/`` and ``test/`` (``timm-astro import ...`` writes one);
+``--data-dir synthetic`` renders the package's synthetic galaxies instead (no download: for a quick check).
 
-For each k in ``--shots`` (training images per class; ``all`` = the whole training split), each seed and each model,
-a model is trained from scratch on k images per class (nested subsets: the 10 of a class are the first 10 of its
-30, per seed) with one recipe (``timm_astro.recipes.LOWDATA_GALAXY_RECIPE``, train.py's keys, ``--set KEY=VALUE``
-to change a value, ``--grid 'KEY=V1|V2'`` to try several) for about ``--steps`` optimizer steps whatever k is (the
-number of epochs follows), through ``timm_astro.training`` (timm's own loader, Mixup, optimizer, scheduler). It is
-then scored on the test split (and validation, which is the one to choose on) without and with D4 test-time
-averaging (``timm_astro.evaluation``). Training cost is the CPU time of the training process (data loading
-included: it runs in the process).
+For each k in ``--shots`` (training images per class; ``all`` = the whole training split), each seed, each model
+and each learning rate of ``--lr-grid``, a model is trained from scratch on k images per class (nested subsets: the
+10 of a class are the first 10 of its 30, per seed) with one recipe (``timm_astro.recipes.LOWDATA_GALAXY_RECIPE``,
+train.py's keys; ``--set KEY=VALUE`` changes a value, ``--grid 'KEY=V1|V2'`` tries several) through
+``timm_astro.training`` (timm's own loader, optimizer and scheduler). How long a run trains is its regime:
+
+* ``--budget-cpu-s S [S ...]``: equal compute. A probe of a few optimizer steps at the run's batch and input size
+  measures the model's CPU-seconds per step; the run gets ``S / that`` steps. The probe and the CPU-seconds the
+  run actually took are both kept.
+* ``--converge``: validation top-1 every ``--eval-every`` steps; training stops when it has not improved for
+  ``--patience`` evaluations (at most ``--max-steps``, over which the schedule is laid) and the best-validation
+  weights are scored.
+* ``--steps N``: exactly N steps (the regime when neither of the others is given).
+
+The schedule counts in steps: warm-up is ``--warmup-fraction`` of a run's steps (at least ``--warmup-min-steps``),
+then cosine to the end. Every run logs train loss, lr, validation top-1 and training CPU-seconds along the way
+(validation's own time is not counted). The lr of each (regime, model, k) is the one with the best mean plain
+validation top-1 over the seeds (ties to the smaller lr); a choice at an end of the grid is reported as not
+bracketed, and ``--extend-grid N`` trains up to N further values past that end. Only the chosen lr's runs are
+scored on test, with and without D4 test-time averaging: the other lrs' test predictions are never computed (their
+weights wait in ``--cache-dir`` until the choice, then are deleted). Every scored run keeps its per-image
+predictions, so the report's paired bootstrap intervals (``timm_astro.evaluation.compare``) can be recomputed from
+the JSON alone.
 
 Models are ``NAME@SIZE`` (input size in px) with optional model arguments, ``NAME[key=value,...]@SIZE``, e.g.
 ``astroformer_small[rel_pos_type=table]@32``. Every model gets the same normalisation (nothing is pretrained).
 
-Runs go side by side in ``--jobs`` single-threaded processes (one per core by default: on a small CPU that beats
-one run on every thread). Writes ``<out-dir>/<name>.json`` (every run), ``<name>.md`` (tables: mean ± std over
-seeds) and ``<name>_shots.png`` / ``<name>_cost.png`` (accuracy against images per class, and against training
-cost); ``--resume`` skips runs already in the JSON, ``--merge`` adds the runs of other JSONs (parts of one study
-run on several machines) and ``--report-only`` reports them without training the cells they lack. Examples::
+Runs go side by side in ``--jobs`` single-threaded processes (one per core by default). Writes
+``<out-dir>/<name>.json`` (every run), ``<name>.md`` (the tables and intervals), ``<name>_curves.png``
+(validation top-1 and train loss against CPU-seconds, one column per k) and ``<name>_shots.png``; ``--resume``
+keeps the runs already in the JSON, ``--merge`` adds the runs of other JSONs (parts of one study) and
+``--report-only`` reports them without training. Reports written before this protocol (no per-image predictions)
+are refused. Examples::
 
-    timm-astro import galaxy10-decals-sample <copy>/galaxy_type_dataset data/galaxy10_sample
-    # the default: the k=30 cell, 8 models, 3 seeds, ~160 steps a run: about 50 min on 2 cores
-    python benchmarks/lowdata.py --data-dir data/galaxy10_sample
-    # the full study: k = 10, 30 and all (~2.5 h on 2 cores)
-    python benchmarks/lowdata.py --data-dir data/galaxy10_sample --shots 10 30 all
+    # the CPU study: equal compute at two budgets and to convergence, 3 lrs, 3 seeds, k = 10, 30, 100, all
+    python benchmarks/lowdata.py --data-dir data/gz2_classes --budget-cpu-s 60 240 --converge \
+        --lr-grid 3e-4 1e-3 3e-3 --shots 10 30 100 all --seeds 0 1 2
     python benchmarks/lowdata.py --data-dir synthetic --models resnet18@16 --shots 4 --seeds 0 --steps 4
 """
 import argparse
+import copy
+import hashlib
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -40,9 +56,9 @@ import statistics
 import sys
 import textwrap
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -53,17 +69,24 @@ import yaml  # noqa: E402
 
 import timm_astro  # noqa: E402,F401  registers the astroformer models
 from timm.data import create_dataset  # noqa: E402
-from timm_astro.evaluation.evaluate import evaluate, open_labelled_data  # noqa: E402
+from timm_astro.evaluation.compare import correct_matrix, paired_bootstrap  # noqa: E402
+from timm_astro.evaluation.evaluate import LabelledData, evaluate, open_labelled_data  # noqa: E402
 from timm_astro.recipes import LOWDATA_GALAXY_RECIPE  # noqa: E402
 from timm_astro.training import train_args, train_classifier  # noqa: E402
 
 from benchutils import (  # noqa: E402
-    command_line, create_benchmark_model, fmt_num, machine_info, markdown_table, write_text_atomic)
+    command_line, create_benchmark_model, fmt_num, json_dumps_compact, machine_info, markdown_table,
+    write_text_atomic)
 
+FORMAT = 2  # the report format: 2 = the study protocol of issue 25 (regimes, lr choice, per-image predictions)
+FORMAT_1_LOWDATA = 'c377f1a'  # the last commit whose lowdata.py reports format-1 JSONs
 DEFAULT_MODELS = ('astroformer_small@32', 'resnet18@32', 'convnext_atto@32', 'coatnet_nano_rw_224@32',
                   'astroformer_0@64', 'resnet18@64', 'convnext_atto@64', 'coatnet_nano_rw_224@64')
 NORMALISE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}  # one normalisation for every model
 EVAL_TTA = 'd4'
+LR_RULE = 'the best mean plain validation top-1 over the seeds, ties to the smaller lr'
+Key = Tuple[str, str, str, str, int, float]  # regime, recipe, model, shots, seed, lr
+Cell = Tuple[str, str, str, str]  # regime, recipe, model, shots
 
 
 def parse_model(spec: str) -> Tuple[str, Dict[str, Any], int]:
@@ -120,46 +143,214 @@ def synthetic_data(cache_dir: Path) -> Path:
     return root
 
 
-def run_one(spec: str, recipe: Dict[str, Any], shots: str, seed: int, train_root: Path, eval_data: Dict[str, Any],
-            args: argparse.Namespace) -> Dict[str, Any]:
-    """Train one model on one subset with one recipe, then score it on the evaluation splits."""
-    name, model_kwargs, size = parse_model(spec)
-    dataset = create_dataset('', root=str(train_root), split='train', is_training=True)
-    by_class = class_indices(dataset)
-    dataset.reader.samples = [dataset.reader.samples[i] for i in
-                              few_shot_indices(by_class, None if shots == 'all' else int(shots), seed)]
-    batch = recipe['batch_size']
-    updates_per_epoch = len(dataset) // batch
-    epochs = max(1, round(args.steps / max(updates_per_epoch, 1)))
-    run_recipe = {**recipe, 'epochs': epochs, 'seed': seed,
-                  'warmup_epochs': min(recipe.get('warmup_epochs', 0), max(1, round(epochs * args.warmup_fraction)))}
-    num_classes = len(by_class)
-    torch.manual_seed(seed)
-    model = create_benchmark_model(name, num_classes=num_classes, img_size=size,
-                                   drop_path_rate=run_recipe.get('drop_path') or 0.0, **model_kwargs)
-    data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
-    result = train_classifier(model, dataset, train_args(run_recipe), data_config=data_config,
-                              num_classes=num_classes, device=torch.device(args.device), workers=args.workers)
-    trained = result.final_model.eval()
-    out = {'model': spec, 'shots': shots, 'seed': seed, 'train_images': len(dataset), 'epochs': epochs,
-           'steps': result.steps, 'train_cpu_s': result.cpu_seconds, 'train_wall_s': result.wall_seconds,
-           'params': sum(p.numel() for p in trained.parameters()), 'final_train_loss': result.history[-1]['train_loss']}
-    for split, data in eval_data.items():
-        evaluation = evaluate(trained, data, data_config=data_config, tta=EVAL_TTA, batch_size=args.eval_batch_size,
-                              workers=args.workers, device=args.device, progress=False)
-        for mode, metrics in evaluation.metrics.items():
-            tag = '' if mode == 'none' else f'_{mode}'
-            out[f'{split}_top1{tag}'] = metrics['top1']
-            out[f'{split}_balanced{tag}'] = metrics['balanced_accuracy']
+def regimes_from_args(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+    """The training regimes a run can be given, keyed by a short id ('steps160', 'cpu60s', 'converge')."""
+    regimes: Dict[str, Dict[str, Any]] = {}
+    if args.steps is not None or not (args.budget_cpu_s or args.converge):
+        steps = 160 if args.steps is None else args.steps
+        regimes[f'steps{steps}'] = {'kind': 'steps', 'steps': steps}
+    for budget in args.budget_cpu_s or []:
+        regimes[f'cpu{budget:g}s'] = {'kind': 'budget', 'cpu_s': budget}
+    if args.converge:
+        regimes['converge'] = {'kind': 'converge', 'max_steps': args.max_steps, 'eval_every': args.eval_every,
+                               'patience': args.patience}
+    return regimes
+
+
+def regime_title(regime: Dict[str, Any]) -> str:
+    if regime['kind'] == 'steps':
+        return f"Fixed length: {regime['steps']} optimizer steps per run"
+    if regime['kind'] == 'budget':
+        return f"Equal compute: {regime['cpu_s']:g} CPU-seconds of training per run"
+    return (f"Trained to convergence: validation every {regime['eval_every']} steps, stopped after "
+            f"{regime['patience']} evaluations without improvement (at most {regime['max_steps']} steps), "
+            f"best-validation weights")
+
+
+def warmup_steps(steps: int, fraction: float, floor: int) -> int:
+    """Warm-up length in steps: a fraction of the run, at least ``floor``, at most half the run."""
+    return min(max(floor, round(fraction * steps)), steps // 2)
+
+
+def key_of(run: Dict[str, Any]) -> Key:
+    return run['regime'], run['recipe'], run['model'], run['shots'], run['seed'], run['lr']
+
+
+def cell_of(run: Dict[str, Any]) -> Cell:
+    return run['regime'], run['recipe'], run['model'], run['shots']
+
+
+_EVAL_DATA: Dict[Tuple[str, str], LabelledData] = {}
+
+
+def eval_data(root: Path, split: str) -> LabelledData:
+    """A split's labelled data, opened once per process."""
+    if (str(root), split) not in _EVAL_DATA:
+        _EVAL_DATA[str(root), split] = open_labelled_data(root, split)
+    return _EVAL_DATA[str(root), split]
+
+
+def score(model: torch.nn.Module, data: LabelledData, data_config: Dict[str, Any], args: argparse.Namespace,
+          split: str) -> Dict[str, Any]:
+    """Top-1, balanced accuracy and the predicted class of every image, plain and with D4 averaging."""
+    evaluation = evaluate(model, data, data_config=data_config, tta=EVAL_TTA, batch_size=args.eval_batch_size,
+                          workers=args.workers, device=args.device, progress=False)
+    out: Dict[str, Any] = {}
+    for mode, metrics in evaluation.metrics.items():
+        tag = '' if mode == 'none' else f'_{mode}'
+        out[f'{split}_top1{tag}'] = metrics['top1']
+        out[f'{split}_balanced{tag}'] = metrics['balanced_accuracy']
+        out[f'{split}_pred{tag}'] = evaluation.probs(mode).argmax(-1).tolist()
     return out
 
 
-def _run_in_worker(spec: str, recipe: Dict[str, Any], shots: str, seed: int, data_root: Path,
-                   args: argparse.Namespace) -> Dict[str, Any]:
-    """``run_one`` in a ``--jobs`` worker process: one torch thread, its own evaluation readers."""
-    torch.set_num_threads(args.threads or 1)
-    eval_data = {split: open_labelled_data(data_root, split) for split in args.eval_splits}
-    return run_one(spec, recipe, shots, seed, data_root, eval_data, args)
+def build_model(spec: str, num_classes: int, recipe: Dict[str, Any], seed: int) -> Tuple[torch.nn.Module, int]:
+    name, model_kwargs, size = parse_model(spec)
+    torch.manual_seed(seed)
+    model = create_benchmark_model(name, num_classes=num_classes, img_size=size,
+                                   drop_path_rate=recipe.get('drop_path') or 0.0, **model_kwargs)
+    return model, size
+
+
+def probe_step_cost(model: torch.nn.Module, dataset, targs: argparse.Namespace, data_config: Dict[str, Any],
+                    num_classes: int, args: argparse.Namespace) -> Dict[str, float]:
+    """CPU-seconds per optimizer step of this model at this batch and input size, data loading included: a few
+    steps of a copy of the model (the first, which allocates and starts the loader, left out; the median of the
+    rest)."""
+    result = train_classifier(copy.deepcopy(model), dataset, targs, data_config=data_config, num_classes=num_classes,
+                              device=torch.device(args.device), workers=args.workers, steps=args.probe_steps + 1,
+                              log_every=1)
+    elapsed = [h['cpu_s'] for h in result.history]
+    per_step = [b - a for a, b in zip(elapsed, elapsed[1:])]
+    return {'steps': len(per_step), 'cpu_s_per_step': round(statistics.median(per_step), 5),
+            'first_step_cpu_s': round(elapsed[0], 4), 'cpu_s': round(result.cpu_seconds, 3)}
+
+
+def train_run(key: Key, recipe: Dict[str, Any], regime: Dict[str, Any], data_root: Path, args: argparse.Namespace,
+              weights: Optional[Path]) -> Dict[str, Any]:
+    """Train one model on one subset with one lr under one regime, log its curve, score it on validation (plain and
+    D4, per image) and, when ``weights`` is given, save the scored weights there for the test split (scored only
+    if this lr is chosen)."""
+    regime_id, recipe_id, spec, shots, seed, lr = key
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    dataset = create_dataset('', root=str(data_root), split='train', is_training=True)
+    by_class = class_indices(dataset)
+    dataset.reader.samples = [dataset.reader.samples[i] for i in
+                              few_shot_indices(by_class, None if shots == 'all' else int(shots), seed)]
+    num_classes = len(by_class)
+    model, size = build_model(spec, num_classes, recipe, seed)
+    data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
+    targs = train_args({**recipe, 'lr': lr, 'seed': seed, 'sched_on_updates': True})
+    steps_per_epoch = max(1, len(dataset) // targs.batch_size)  # train_classifier refuses 0 with a clear message
+    out: Dict[str, Any] = {'regime': regime_id, 'recipe': recipe_id, 'model': spec, 'shots': shots, 'seed': seed,
+                           'lr': lr, 'train_images': len(dataset), 'params': sum(p.numel() for p in model.parameters())}
+    if regime['kind'] == 'budget':
+        out['probe'] = probe_step_cost(model, dataset, targs, data_config, num_classes, args)
+        steps = max(1, round(regime['cpu_s'] / out['probe']['cpu_s_per_step']))
+    else:
+        steps = regime['steps'] if regime['kind'] == 'steps' else regime['max_steps']
+    warmup = warmup_steps(steps, args.warmup_fraction, args.warmup_min_steps)
+    targs.warmup_epochs = warmup / steps_per_epoch  # train_classifier converts it back to steps
+    every = regime['eval_every'] if regime['kind'] == 'converge' else max(1, math.ceil(steps / args.curve_points))
+    validation = eval_data(data_root, 'validation')
+    best: Dict[str, Any] = {'top1': -1.0, 'state': None, 'step': 0, 'cpu_s': 0.0}
+
+    def watch(epoch: float, trained: torch.nn.Module, stats: Dict[str, float]) -> Dict[str, float]:
+        plain = evaluate(trained, validation, data_config=data_config, tta='none', batch_size=args.eval_batch_size,
+                         workers=args.workers, device=args.device, progress=False).metrics['none']['top1']
+        if regime['kind'] == 'converge' and plain > best['top1']:
+            best.update(top1=plain, step=stats['step'], cpu_s=stats['cpu_s'],
+                        state={k: v.detach().clone() for k, v in trained.state_dict().items()})
+        return {'validation_top1': plain}
+
+    def stalled(history: List[Dict[str, float]]) -> bool:
+        return regime['kind'] == 'converge' and history[-1]['step'] - best['step'] >= regime['patience'] * every
+
+    result = train_classifier(model, dataset, targs, data_config=data_config, num_classes=num_classes,
+                              device=torch.device(args.device), workers=args.workers, steps=steps, log_every=every,
+                              on_epoch_end=watch, should_stop=stalled)
+    trained = result.final_model
+    if regime['kind'] == 'converge':
+        trained.load_state_dict(best['state'])
+        out.update(best_step=best['step'], best_cpu_s=round(best['cpu_s'], 3), stopped_early=result.steps < steps)
+    out.update(steps=result.steps, warmup_steps=warmup, eval_every=every, train_cpu_s=round(result.cpu_seconds, 3),
+               train_wall_s=round(result.wall_seconds, 3), final_train_loss=round(result.history[-1]['train_loss'], 5),
+               history=[{'step': h['step'], 'epoch': round(h['epoch'], 3), 'train_loss': round(h['train_loss'], 5),
+                         'lr': float(f"{h['lr']:.4g}"), 'cpu_s': round(h['cpu_s'], 3),
+                         'validation_top1': h['validation_top1']} for h in result.history])
+    out.update(score(trained.eval(), validation, data_config, args, 'validation'))
+    if weights is not None:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        partial = weights.with_name(f'.{weights.name}.partial')
+        torch.save(trained.state_dict(), partial)
+        os.replace(partial, weights)  # a run killed mid-save leaves no weights, never half of them
+    return out
+
+
+def test_run(key: Key, recipe: Dict[str, Any], num_classes: int, data_root: Path, args: argparse.Namespace,
+             weights: Path) -> Dict[str, Any]:
+    """Score a chosen run's saved weights on the test split (plain and D4, per image), then delete them."""
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    spec = key[2]
+    model, size = build_model(spec, num_classes, recipe, key[4])
+    model.load_state_dict(torch.load(weights, map_location='cpu'))
+    data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
+    out = score(model.eval(), eval_data(data_root, 'test'), data_config, args, 'test')
+    weights.unlink()
+    return out
+
+
+def weights_path(cache_dir: Path, name: str, key: Key) -> Path:
+    digest = hashlib.sha1(json.dumps(list(key)).encode()).hexdigest()[:16]
+    return cache_dir / 'lowdata_weights' / name / f'{digest}.pt'
+
+
+def decide(runs: Sequence[Dict[str, Any]], cell: Cell, seeds: Sequence[int], base_grid: Sequence[float],
+           extend: int) -> Dict[str, Any]:
+    """The lr choice of one (regime, recipe, model, k) from its validation scores.
+
+    Returns the cell's grid, the mean plain validation top-1 of each lr over ``seeds``, and, once every lr has
+    every seed: the chosen ``lr`` and ``edge`` ('low' / 'high' when it is an end of a grid of 2 or more), or
+    ``extend`` (the next lr past that end, while fewer than ``extend`` values have been added).
+    """
+    members = [r for r in runs if cell_of(r) == cell and r['seed'] in seeds]
+    grid = sorted(set(base_grid) | {r['lr'] for r in members})
+    by_lr = {lr: [r['validation_top1'] for r in members if r['lr'] == lr] for lr in grid}
+    decision: Dict[str, Any] = {'grid': grid, 'validation_by_lr': {
+        lr: statistics.mean(v) for lr, v in by_lr.items() if v}}
+    if any(len(v) < len(seeds) for v in by_lr.values()):
+        return decision
+    best = grid[0]
+    for lr in grid[1:]:
+        if statistics.mean(by_lr[lr]) > statistics.mean(by_lr[best]):
+            best = lr
+    edge = None if len(grid) < 2 else 'low' if best == grid[0] else 'high' if best == grid[-1] else None
+    if edge and sum(lr not in base_grid for lr in grid) < extend:
+        a, b = (grid[0], grid[1]) if edge == 'low' else (grid[-1], grid[-2])
+        return {**decision, 'extend': float(f'{a * a / b:.2g}')}  # the grid's own ratio, one step further
+    return {**decision, 'lr': best, 'edge': edge}
+
+
+class InProcess:
+    """An executor that runs each task as it is submitted, in this process (``--jobs 1``)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as error:  # noqa: B902  re-raised by future.result(), as a pool would
+            future.set_exception(error)
+        return future
+
+    def __enter__(self) -> 'InProcess':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
 
 
 def _stats(values: List[float]) -> Dict[str, float]:
@@ -168,19 +359,23 @@ def _stats(values: List[float]) -> Dict[str, float]:
 
 
 METRICS = ('test_top1', 'test_top1_d4', 'test_balanced', 'test_balanced_d4', 'validation_top1',
-           'validation_top1_d4', 'validation_balanced', 'validation_balanced_d4', 'train_cpu_s')
+           'validation_top1_d4', 'validation_balanced', 'validation_balanced_d4', 'train_cpu_s', 'steps')
 
 
-def summarize(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Mean, std and range over seeds per (recipe, model, k)."""
-    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
-    for r in runs:
-        groups.setdefault((r['recipe'], r['model'], r['shots']), []).append(r)
+def summarize(runs: List[Dict[str, Any]], decisions: Dict[Cell, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per (regime, recipe, model, k): the lr choice, and mean, std and range over seeds of the chosen lr's runs."""
     summary = []
-    for (recipe, model, shots), members in groups.items():
-        entry = {'recipe': recipe, 'model': model, 'shots': shots, 'seeds': sorted(r['seed'] for r in members),
-                 'params': members[0]['params'], 'steps': statistics.mean(r['steps'] for r in members)}
-        for metric in METRICS:
+    for cell, decision in decisions.items():
+        entry: Dict[str, Any] = {'regime': cell[0], 'recipe': cell[1], 'model': cell[2], 'shots': cell[3],
+                                 'lr_grid': decision['grid'],
+                                 'validation_by_lr': {f'{lr:g}': v for lr, v in decision['validation_by_lr'].items()}}
+        if 'lr' not in decision:
+            summary.append({**entry, 'complete': False})
+            continue
+        members = [r for r in runs if cell_of(r) == cell and r['lr'] == decision['lr']]
+        entry.update(complete=True, lr=decision['lr'], lr_edge=decision['edge'],
+                     seeds=sorted(r['seed'] for r in members), params=members[0]['params'])
+        for metric in METRICS + ('best_step',):
             values = [r[metric] for r in members if metric in r]
             if values:
                 entry[metric] = _stats(values)
@@ -188,138 +383,275 @@ def summarize(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return summary
 
 
-def _cell(stats: Optional[Dict[str, float]]) -> str:
-    if not stats:
-        return ''
-    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+def _is_astroformer(spec: str) -> bool:
+    return spec.startswith('astroformer')
+
+
+def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
+    """Every difference the report states, each with its paired bootstrap 95% interval over test images and seeds:
+    each model against the best of the other side (best peer for an Astroformer, best Astroformer for a peer;
+    'best' on mean validation top-1 in the same mode), plain and D4 apart; and D4 minus plain per model, on
+    validation and on test."""
+    labels = report['settings']['labels']
+    chosen: Dict[Cell, Dict[int, Dict[str, Any]]] = {}
+    for e in report['summary']:
+        if e.get('complete'):
+            cell = (e['regime'], e['recipe'], e['model'], e['shots'])
+            chosen[cell] = {r['seed']: r for r in report['runs'] if cell_of(r) == cell and r['lr'] == e['lr']}
+    out = []
+    for group in dict.fromkeys(cell[:2] + cell[3:] for cell in chosen):
+        models = {cell[2]: runs for cell, runs in chosen.items() if cell[:2] + cell[3:] == group}
+        where = {'regime': group[0], 'recipe': group[1], 'shots': group[2]}
+        for model, runs in models.items():
+            for split in ('validation', 'test'):
+                seeds = [s for s in sorted(runs) if f'{split}_pred' in runs[s]]
+                if not seeds:
+                    continue
+                d4 = correct_matrix([runs[s][f'{split}_pred_d4'] for s in seeds], labels[split])
+                plain = correct_matrix([runs[s][f'{split}_pred'] for s in seeds], labels[split])
+                out.append({**where, 'kind': 'd4_effect', 'model': model, 'split': split, 'seeds': seeds,
+                            **vars(paired_bootstrap(d4, plain, n_boot=n_boot))})
+        for mode in ('', '_d4'):
+            val = {m: statistics.mean(r[f'validation_top1{mode}'] for r in runs.values())
+                   for m, runs in models.items()}
+            for model, runs in models.items():
+                others = [m for m in models if _is_astroformer(m) != _is_astroformer(model)] or \
+                         [m for m in models if m != model]
+                if not others:
+                    continue
+                reference = max(others, key=lambda m: val[m])
+                seeds = [s for s in sorted(runs) if 'test_pred' in runs[s] and 'test_pred' in
+                         models[reference].get(s, {})]
+                if not seeds:
+                    continue
+                a = correct_matrix([runs[s][f'test_pred{mode}'] for s in seeds], labels['test'])
+                b = correct_matrix([models[reference][s][f'test_pred{mode}'] for s in seeds], labels['test'])
+                out.append({**where, 'kind': 'versus', 'model': model, 'reference': reference,
+                            'mode': mode.strip('_') or 'plain', 'split': 'test', 'seeds': seeds,
+                            **vars(paired_bootstrap(a, b, n_boot=n_boot))})
+    return out
+
+
+def _interval(c: Optional[Dict[str, Any]]) -> str:
+    if c is None:
+        return '—'
+    text = f"{c['mean']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}]"
+    return text + (' no measurable difference' if c['low'] <= 0 <= c['high'] else '')
+
+
+def _mean(entry: Dict[str, Any], metric: str, digits: int = 1) -> str:
+    return f"{entry[metric]['mean']:.{digits}f}" if metric in entry else '—'
 
 
 def render_markdown(report: Dict[str, Any]) -> str:
     s, m = report['settings'], report['machine']
-    recipe_text = ', '.join(f'{k} {v}' for k, v in s['recipe'].items())
+    recipe_text = ', '.join(f'{k} {v}' for k, v in s['recipe'].items() if k not in ('epochs', 'warmup_epochs'))
+    sizes = s['eval_sizes']
     lines = [
         f"# Low-data accuracy: {s['data_name']}\n",
         f"Data: `{s['data']}` ({s['num_classes']} classes; {s['train_size']} training, "
-        + ', '.join(f'{n} {split}' for split, n in s['eval_sizes'].items()) + " images)."
-        f" Every model: about {s['steps']} optimizer steps of batch {s['recipe']['batch_size']} whatever k "
-        f"is (so k=10 runs many more epochs than k=all), the same recipe, input size per model as given, "
-        f"evaluation centre crop {s.get('crop_pct', 1.0)}. Recipe (train.py keys): {recipe_text}.\n",
+        + ', '.join(f'{n} {split}' for split, n in sizes.items()) + " images). "
+        + ' '.join(f"One {split} image is {100 / max(1, n):.2f} points." for split, n in sizes.items()) + '\n',
+        f"Protocol: seeds {s['seeds']} (a seed fixes the k-image subset, the initialisation and the augmentation); "
+        f"recipe (train.py keys) {recipe_text}; warm-up {s['warmup_fraction']:.0%} of a run's steps (at least "
+        f"{s['warmup_min_steps']}), then cosine, counted in steps; lr chosen per model, k and regime from "
+        f"{'the grid ' + str(s['lr_grid']) if s['lr_grid'] else 'the recipe'} by {s['lr_rule']}; only the chosen "
+        f"lr is scored on test. Test top-1 is the mean over seeds; the differences are paired bootstrap 95% "
+        f"intervals over test images and seeds ({s['n_boot']} resamples; `timm_astro.evaluation.compare`), the "
+        f"reference chosen on validation.\n",
         f"Machine: {m['cpu_model']} x{m['logical_cpus']} ({m['device']}), torch {m['torch']}, timm {m['timm']}. "
         f"Command: `{report['command']}` ({report['wall_time_s'] / 60:.0f} min, started {report['date']})"
-        + (''.join(f"; merging `{p['file']}` ({p['runs']} runs, {p['wall_time_s'] / 60:.0f} min: `{p['command']}`)"
-                   for p in report.get('parts', [])) + '.\n'),
-        f"Top-1 (%) and balanced accuracy, mean ± std over seeds {s['seeds']}, plain / with D4 test-time "
-        f"averaging; training cost in CPU-seconds (both cores count). "
-        + ' '.join(f"The {split} split has {n} images: one image is {100 / max(1, n):.1f} points."
-                   for split, n in sorted(s['eval_sizes'].items(), reverse=True))
-        + ('' if 'test' in s['eval_sizes'] else ' The test split was not evaluated (a recipe search).') + '\n',
+        + ''.join(f"; merging `{p['file']}` ({p['runs']} runs, {p['wall_time_s'] / 60:.0f} min: `{p['command']}`)"
+                  for p in report.get('parts', [])) + '.\n',
     ]
-    splits = [split for split in ('test', 'validation') if split in s['eval_sizes']]
-    for recipe in dict.fromkeys(e['recipe'] for e in report['summary']):
-        if len(report['recipes']) > 1:
-            lines.append(f'## Recipe `{recipe}`\n')
-        rows = []
-        for e in [e for e in report['summary'] if e['recipe'] == recipe]:
-            rows.append([f"`{e['model']}`", e['shots'], f"{e['params'] / 1e6:.2f}M", len(e['seeds']),
-                         *[f"{_cell(e.get(f'{split}_{metric}'))} / {_cell(e.get(f'{split}_{metric}_d4'))}"
-                           for split in splits for metric in ('top1', 'balanced')][:3],
-                         fmt_num(e['train_cpu_s']['mean'])])
-        rows.sort(key=lambda r: (report['settings']['shots'].index(r[1]), r[0]))
-        lines.append(markdown_table(
-            ['model', 'k', 'params', 'seeds',
-             *[f'{split} {name} plain / D4' for split in splits for name in ('top-1', 'balanced')][:3],
-             'train CPU-s'], rows))
-    if len(report['recipes']) > 1:
-        lines += _recipe_comparison(report, splits[-1])
+    found = {(c['regime'], c['recipe'], c['shots'], c['model'], c.get('mode'), c['kind'], c['split']): c
+             for c in report.get('comparisons', [])}
+    summary = report['summary']
+    edges = [e for e in summary if e.get('lr_edge')]
+    if edges:
+        lines.append('**Warning: the lr grid does not bracket the optimum** of '
+                     + '; '.join(f"`{e['model']}` at k = {e['shots']} ({e['regime']}: {e['lr']:g}, the grid's "
+                                 f"{e['lr_edge']} end)" for e in edges)
+                     + '. Their scores may be below what the model can do; extend the grid (`--extend-grid`).\n')
+    incomplete = [e for e in summary if not e['complete']]
+    if incomplete:
+        lines.append('Not scored (some lr or seed missing, so no lr is chosen yet): '
+                     + ', '.join(f"`{e['model']}` k = {e['shots']} ({e['regime']})" for e in incomplete) + '.\n')
+    shots_order = {k: i for i, k in enumerate(s['shots'])}
+    for regime_id, regime in s['regimes'].items():
+        for recipe in report['recipes']:
+            entries = [e for e in summary if e['regime'] == regime_id and e['recipe'] == recipe and e['complete']]
+            if not entries:
+                continue
+            lines.append(f"## {regime_title(regime)}"
+                         + (f' (recipe `{recipe}`)' if len(report['recipes']) > 1 else '') + '\n')
+            for shots in sorted({e['shots'] for e in entries}, key=shots_order.get):
+                rows, d4_rows = [], []
+                for e in sorted((e for e in entries if e['shots'] == shots), key=lambda e: e['model']):
+                    where = (regime_id, recipe, shots, e['model'])
+                    steps = _mean(e, 'steps', 0) + (f" (best {_mean(e, 'best_step', 0)})" if 'best_step' in e else '')
+                    rows.append([f"`{e['model']}`", f"{e['lr']:g}" + (f" **({e['lr_edge']} end)**" if e['lr_edge']
+                                                                      else ''),
+                                 steps, fmt_num(e['train_cpu_s']['mean']),
+                                 f"{_mean(e, 'validation_top1')} / {_mean(e, 'validation_top1_d4')}",
+                                 f"{_mean(e, 'test_top1')} / {_mean(e, 'test_top1_d4')}"]
+                                + [_interval(found.get((*where, mode, 'versus', 'test'))) + (
+                                    f" vs `{found[(*where, mode, 'versus', 'test')]['reference']}`"
+                                    if (*where, mode, 'versus', 'test') in found else '') for mode in ('plain', 'd4')])
+                    d4_rows.append([f"`{e['model']}`"] + [_interval(found.get((*where, None, 'd4_effect', split)))
+                                                          for split in ('validation', 'test')])
+                count = s['shot_counts'][shots]
+                which = 'the whole training split' if shots == 'all' else f'{count} per class'
+                lines.append(f"### k = {shots} ({which}, {len(entries[0]['seeds'])} seeds)\n")
+                lines.append(markdown_table(
+                    ['model', 'lr', 'steps', 'train CPU-s', 'validation top-1 plain / D4', 'test top-1 plain / D4',
+                     'test plain: difference [95%]', 'test D4: difference [95%]'], rows))
+                lines.append('D4 averaging minus plain (points, [95%]):\n')
+                lines.append(markdown_table(['model', 'validation', 'test'], d4_rows))
+    lines.append('## Validation top-1 (plain, mean over seeds) by lr\n')
+    rows = []
+    for e in sorted(summary, key=lambda e: (e['regime'], e['recipe'], e['model'], shots_order.get(e['shots'], 0))):
+        rows.append([e['regime'], f"`{e['model']}`", e['shots']]
+                    + [', '.join((f'**{lr}: {v:.1f}**' if e.get('lr') == float(lr) else f'{lr}: {v:.1f}')
+                                 for lr, v in e['validation_by_lr'].items())])
+    lines.append(markdown_table(['regime', 'model', 'k', 'lr: validation top-1 (chosen in bold)'], rows))
     lines.append(f"Chance: {100 / s['num_classes']:.1f}%.\n")
     return '\n'.join(lines)
 
 
-def _recipe_comparison(report: Dict[str, Any], split: str) -> List[str]:
-    """One row per model and k, one column per recipe: top-1 with D4 on ``split`` (validation, the one to choose
-    on, when it was evaluated), the best recipe of each row in bold."""
-    recipes = list(report['recipes'])
-    cells: Dict[Tuple[str, str], Dict[str, float]] = {}
-    for e in report['summary']:
-        if f'{split}_top1_d4' in e:
-            cells.setdefault((e['model'], e['shots']), {})[e['recipe']] = e[f'{split}_top1_d4']['mean']
-    rows = []
-    for (model, shots), by_recipe in sorted(cells.items()):
-        best = max(by_recipe.values())
-        rows.append([f'`{model}`', shots] + ['' if r not in by_recipe else
-                                             f'**{by_recipe[r]:.1f}**' if by_recipe[r] == best else
-                                             f'{by_recipe[r]:.1f}' for r in recipes])
-    return [f'## {split.capitalize()} top-1 with D4 (%), by recipe\n',
-            markdown_table(['model', 'k'] + [f'`{r}`' for r in recipes], rows)]
-
-
-def render_plots(report: Dict[str, Any], base: Path) -> None:
+def render_plots(report: Dict[str, Any], base: Path) -> List[Path]:
+    """``<name>_curves.png``: validation top-1 and train loss against training CPU-seconds, every seed of each
+    model's chosen lr, one column per k and two rows per regime; ``<name>_shots.png``: test top-1 with D4 against
+    k, one panel per regime."""
     from timm_astro.evaluation.plots import pyplot
     plt = pyplot()
     s = report['settings']
-    summary = [e for e in report['summary'] if 'test_top1_d4' in e]
-    colours = plt.get_cmap('tab20')  # in dark-light pairs: ten hues, then their light shades past ten models
-    for kind in ('shots', 'cost'):
-        fig, ax = plt.subplots(figsize=(11, 5.5))
-        for i, (recipe, model) in enumerate(dict.fromkeys((e['recipe'], e['model']) for e in summary)):
-            points = [e for e in summary if e['recipe'] == recipe and e['model'] == model]
-            points.sort(key=lambda e: s['shot_counts'][e['shots']])
-            xs = [s['shot_counts'][e['shots']] if kind == 'shots' else e['train_cpu_s']['mean'] for e in points]
-            ys = [e['test_top1_d4']['mean'] for e in points]
-            err = [e['test_top1_d4']['std'] for e in points]
-            label = model if len(report['recipes']) == 1 else f'{model} ({recipe})'
-            if len(points[0]['seeds']) != len(s['seeds']):
-                label += f" ({len(points[0]['seeds'])} seed{'s' if len(points[0]['seeds']) > 1 else ''})"
-            style = '-' if model.startswith('astroformer') else '--'
-            ax.errorbar(xs, ys, yerr=err, marker='os^D'[i // 10 % 4], ls=style, capsize=3, label=label,
-                        color=colours(2 * (i % 10) + i // 10 % 2))
-            if kind == 'cost':
-                for x, y, e in zip(xs, ys, points):
-                    ax.annotate(f"k={e['shots']}", (x, y), fontsize=6, xytext=(3, 3), textcoords='offset points')
-        ax.axhline(100 / s['num_classes'], color='grey', ls=':', lw=1, label='chance')
-        ax.set_xscale('log')
-        if kind == 'shots':  # the k that ran, not powers of ten
-            ticks = sorted(set(s['shot_counts'].values()))
-            ax.set_xticks(ticks, [str(k) for k in ticks])
+    chosen = {(e['regime'], e['recipe'], e['model'], e['shots']): e['lr'] for e in report['summary'] if e['complete']}
+    if not chosen:
+        return []
+    colours = plt.get_cmap('tab20')
+    colour = {model: colours(2 * (i % 10) + i // 10 % 2) for i, model in enumerate(s['models'])}
+    regimes = [r for r in s['regimes'] if any(c[0] == r for c in chosen)]
+    shots = [k for k in s['shots'] if any(c[3] == k for c in chosen)]
+    fig, axes = plt.subplots(2 * len(regimes), len(shots), figsize=(4.2 * len(shots), 2.8 * 2 * len(regimes)),
+                             squeeze=False, sharex='col')
+    for i, regime in enumerate(regimes):
+        for j, k in enumerate(shots):
+            acc, loss = axes[2 * i, j], axes[2 * i + 1, j]
+            for r in report['runs']:
+                if chosen.get(cell_of(r)) != r['lr'] or r['regime'] != regime or r['shots'] != k:
+                    continue
+                xs = [h['cpu_s'] for h in r['history']]
+                style = dict(color=colour.get(r['model']), lw=1, alpha=.8, label=r['model'] if r['seed'] == min(
+                    s['seeds']) else None, ls='-' if _is_astroformer(r['model']) else '--')
+                acc.plot(xs, [h['validation_top1'] for h in r['history']], **style)
+                loss.plot(xs, [h['train_loss'] for h in r['history']], **style)
+            acc.set_title(f'{regime}, k = {k}', fontsize=9)
+            acc.set_ylabel('validation top-1 (%)', fontsize=8)
+            loss.set_ylabel('train loss', fontsize=8)
+            loss.set_xlabel('training CPU-seconds', fontsize=8)
+            for ax in (acc, loss):
+                ax.grid(True, alpha=.3)
+                ax.tick_params(labelsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.suptitle(f"{s['data_name']}: one line per seed, the chosen lr", fontsize=9, y=0.995)
+    fig.legend(handles, labels, fontsize=7, loc='upper center', bbox_to_anchor=(0.5, 0.975),
+               ncol=min(4, max(1, len(labels))))
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    paths = [base.with_name(f'{base.name}_curves.png')]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+
+    summary = [e for e in report['summary'] if e['complete'] and 'test_top1_d4' in e]
+    if summary:
+        fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 4.5), squeeze=False)
+        for ax, regime in zip(axes[0], regimes):
+            for model in s['models']:
+                points = sorted((e for e in summary if e['regime'] == regime and e['model'] == model),
+                                key=lambda e: s['shot_counts'][e['shots']])
+                if points:
+                    ax.errorbar([s['shot_counts'][e['shots']] for e in points],
+                                [e['test_top1_d4']['mean'] for e in points],
+                                yerr=[e['test_top1_d4']['std'] for e in points], marker='o', capsize=3,
+                                ls='-' if _is_astroformer(model) else '--', color=colour[model], label=model)
+            ax.axhline(100 / s['num_classes'], color='grey', ls=':', lw=1, label='chance')
+            ax.set_xscale('log')
+            ticks = sorted({s['shot_counts'][k] for k in shots})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.minorticks_off()
-        ax.set_xlabel('labelled training images per class' if kind == 'shots' else
-                      'training cost (CPU-seconds, log scale)')
-        ax.set_ylabel('test top-1 with D4 averaging (%)')
-        ax.set_title('\n'.join(textwrap.wrap(f"{s['data_name']}: mean ± std over {len(s['seeds'])} seeds, "
-                                             f"~{s['steps']} steps per run", 90)), fontsize=9)
-        ax.grid(True, which='both', alpha=.3)
-        ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))  # beside the axes, off the points
+            ax.set_xlabel('labelled training images per class')
+            ax.set_ylabel('test top-1 with D4 (%, mean ± std over seeds)')
+            ax.set_title('\n'.join(textwrap.wrap(regime_title(s['regimes'][regime]), 60)), fontsize=8)
+            ax.grid(True, alpha=.3)
+        axes[0, -1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))
         fig.tight_layout()
-        fig.savefig(base.with_name(f'{base.name}_{kind}.png'), dpi=120)
+        paths.append(base.with_name(f'{base.name}_shots.png'))
+        fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
+    return paths
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+def load_report(path: Path) -> Dict[str, Any]:
+    """A report of this protocol; an earlier one is refused, since its runs cannot be paired or merged."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f'{path}: cannot read a lowdata report ({error})')
+    if report.get('settings', {}).get('format') != FORMAT:
+        raise SystemExit(f'{path}: a lowdata report from before the study protocol (no per-image predictions, no lr '
+                         f'choice, format {report.get("settings", {}).get("format", 1)}); this lowdata.py reads format '
+                         f'{FORMAT} only: report it with the lowdata.py of commit {FORMAT_1_LOWDATA}')
+    return report
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data-dir', required=True,
                         help="ImageFolder with train/, validation/ and test/ (timm-astro import), or 'synthetic'")
-    parser.add_argument('--cache-dir', type=Path, default=Path.home() / '.cache' / 'timm-astro' / 'benchmarks')
+    parser.add_argument('--cache-dir', type=Path, default=Path.home() / '.cache' / 'timm-astro' / 'benchmarks',
+                        help='synthetic data, and the weights that wait for the lr choice before test')
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS))
-    parser.add_argument('--shots', nargs='+', default=['30'],
-                        help="images per class, or 'all' (the full study: 10 30 all)")
+    parser.add_argument('--shots', nargs='+', default=['30'], help="images per class, or 'all' (10 30 100 all)")
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--steps', type=int, default=160, help='optimizer steps per run, about (epochs follow)')
-    parser.add_argument('--warmup-fraction', type=float, default=0.05, help='warm-up epochs as a fraction of all')
+    regime = parser.add_argument_group('how long a run trains (one or more regimes)')
+    regime.add_argument('--steps', type=int, default=None, help='exactly this many optimizer steps (default 160 '
+                                                                'when no other regime is given)')
+    regime.add_argument('--budget-cpu-s', type=float, nargs='+', default=[], metavar='S',
+                        help='equal compute: steps chosen so that training costs about S CPU-seconds (a probe '
+                             'measures each model)')
+    regime.add_argument('--converge', action='store_true', help='until validation top-1 stops improving')
+    regime.add_argument('--eval-every', type=int, default=20, help='--converge: validation every this many steps')
+    regime.add_argument('--patience', type=int, default=5, help='--converge: evaluations without improvement')
+    regime.add_argument('--max-steps', type=int, default=2000, help='--converge: the cap (the schedule spans it)')
+    regime.add_argument('--probe-steps', type=int, default=5, help='--budget-cpu-s: steps of the cost probe')
+    regime.add_argument('--curve-points', type=int, default=10,
+                        help='validation evaluations along a --steps / --budget-cpu-s run (its curve)')
+    parser.add_argument('--warmup-fraction', type=float, default=0.05, help="warm-up steps as a fraction of a run's")
+    parser.add_argument('--warmup-min-steps', type=int, default=5, help='warm-up steps at least (at most half a run)')
+    parser.add_argument('--lr-grid', type=float, nargs='+', default=None, metavar='LR',
+                        help="learning rates to choose from on validation, per model, k and regime (default: the "
+                             "recipe's lr alone)")
+    parser.add_argument('--extend-grid', type=int, default=0, metavar='N',
+                        help='when the chosen lr is an end of the grid, train up to N further values past it')
     parser.add_argument('--recipe', default=None, help="a train.py YAML recipe (default: the low-data galaxy one)")
     parser.add_argument('--set', dest='sets', nargs='*', default=[], metavar='KEY=VALUE', help='recipe overrides')
     parser.add_argument('--grid', nargs='*', default=[], metavar='KEY=V1|V2', help='recipe values to try (YAML)')
     parser.add_argument('--crop-pct', type=float, default=1.0,
                         help="evaluation centre crop (timm's crop_pct): 0.5 keeps the central half of each side, where a "
                              "catalogue cutout has its galaxy; pair it with the recipe's training crop `scale`")
-    parser.add_argument('--eval-splits', nargs='+', default=['validation', 'test'], choices=['validation', 'test'])
+    parser.add_argument('--eval-splits', nargs='+', default=['validation', 'test'], choices=['validation', 'test'],
+                        help='validation is always scored; leave test out for a recipe search')
     parser.add_argument('--eval-batch-size', type=int, default=50)
+    parser.add_argument('--n-boot', type=int, default=10000, help='bootstrap resamples of each interval')
     parser.add_argument('--workers', type=int, default=0, help='loader workers (0: in process, counted in CPU-s)')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch threads (0: torch default; 1 in each --jobs worker)')
     parser.add_argument('--jobs', type=int, default=None,
                         help='runs side by side, each in its own single-threaded process (default: one per core on '
                              'the CPU, 1 on a GPU; 1: every run in this process, on --threads threads)')
+    parser.add_argument('--time-budget-s', type=float, default=None,
+                        help='start no run after this many seconds (what is done is reported; --resume goes on)')
     parser.add_argument('--device', default='cpu', help="where to train and evaluate ('cuda' on a GPU)")
     parser.add_argument('--out-dir', type=Path, default=HERE / 'results')
     parser.add_argument('--name', default='lowdata')
@@ -327,15 +659,32 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--merge', nargs='*', type=Path, default=[],
                         help='also report the runs of these JSON files (e.g. parts of one study run in parallel)')
     parser.add_argument('--report-only', action='store_true',
-                        help='train nothing: report the runs of --merge (and --resume); k, seeds and models are '
-                             "those runs', whatever --shots, --seeds and --models say")
+                        help='train nothing: report the runs of --merge (and --resume); k, seeds, models, regimes, '
+                             "recipes and lr grid are those runs', whatever the command line says")
     parser.add_argument('--no-plot', action='store_true')
     args = parser.parse_args(argv)
-
+    for name in ('steps', 'eval_every', 'patience', 'max_steps', 'probe_steps', 'curve_points', 'n_boot'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} {value}: expected 1 or more")
+    if any(b <= 0 for b in args.budget_cpu_s):
+        raise SystemExit(f'--budget-cpu-s {args.budget_cpu_s}: expected CPU-seconds above 0')
+    if args.budget_cpu_s and args.device != 'cpu':
+        raise SystemExit(f'--budget-cpu-s counts CPU-seconds, which do not measure training on {args.device}: '
+                         f'use --converge or --steps there')
+    if args.lr_grid and any(lr <= 0 for lr in args.lr_grid):
+        raise SystemExit(f'--lr-grid {args.lr_grid}: expected learning rates above 0')
+    if args.lr_grid and any(g.partition('=')[0].strip() == 'lr' for g in args.grid):
+        raise SystemExit("--grid 'lr=...' and --lr-grid both set the lr: give the lrs to --lr-grid alone")
     if args.jobs is None:
         args.jobs = len(os.sched_getaffinity(0)) if args.device == 'cpu' else 1
     if args.jobs < 1:
         raise SystemExit(f'--jobs {args.jobs}: expected 1 or more processes')
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
     started = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -348,7 +697,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         train_args(recipe)  # refuse a bad recipe before the first run
     for spec in args.models:
         parse_model(spec)
-    eval_data = {split: open_labelled_data(data_root, split) for split in args.eval_splits}
+    regimes = regimes_from_args(args)
+    splits = ['validation'] + (['test'] if 'test' in args.eval_splits else [])
+    data = {split: open_labelled_data(data_root, split) for split in splits}
+    labels = {split: list(d.targets) for split, d in data.items()}
     train_full = create_dataset('', root=str(data_root), split='train')
     by_class = class_indices(train_full)
     smallest = min(len(v) for v in by_class.values())
@@ -359,91 +711,154 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     runs: List[Dict[str, Any]] = []
     earlier_wall_s = 0.0
-    reported: List[Dict[str, Any]] = []  # the reports whose runs are kept, for --report-only's recipes and steps
+    reported: List[Dict[str, Any]] = []  # the reports whose runs are kept, for --report-only's settings
     if args.resume and json_path.exists():
-        previous = json.loads(json_path.read_text())
+        previous = load_report(json_path)
         runs, earlier_wall_s = previous['runs'], previous['wall_time_s']
         reported.append(previous)
     parts = []
     for part in args.merge:
-        known = {(r['recipe'], r['model'], r['shots'], r['seed']) for r in runs}
-        merged = json.loads(part.read_text())
+        merged = load_report(part)
+        known = {key_of(r) for r in runs}
         reported.append(merged)
-        runs += [r for r in merged['runs'] if (r['recipe'], r['model'], r['shots'], r['seed']) not in known]
+        runs += [r for r in merged['runs'] if key_of(r) not in known]
         parts.append({'file': part.name, 'command': merged['command'], 'wall_time_s': merged['wall_time_s'],
                       'runs': len(merged['runs'])})
+    for report in reported:
+        theirs = {split: report['settings']['labels'].get(split) for split in labels}
+        if any(theirs[split] is not None and theirs[split] != labels[split] for split in labels):
+            raise SystemExit(f"{report['command']}: its runs were scored on other validation/test images than "
+                             f"{data_root}'s: runs are paired image by image, so they cannot be reported together")
     if args.report_only:
         if not runs:
             raise SystemExit('--report-only reports earlier runs: give --merge FILES (or --resume with --name)')
         args.shots = sorted({r['shots'] for r in runs}, key=lambda k: float('inf') if k == 'all' else int(k))
         args.seeds = sorted({r['seed'] for r in runs})
         args.models = list(dict.fromkeys(r['model'] for r in runs))
-        # the recipes and step budget are the runs' too, not this command line's
+        # the recipes, regimes and grid are the runs' too, not this command line's
         recipes = {rid: recipe for report in reported for rid, recipe in report['recipes'].items()}
-        steps = {report['settings']['steps'] for report in reported}
-        if len(steps) > 1:
-            raise SystemExit(f'--report-only: the runs were trained for different --steps ({sorted(steps)}); '
+        regimes = {rid: regime for report in reported for rid, regime in report['settings']['regimes'].items()}
+        grids = {json.dumps(report['settings']['lr_grid']) for report in reported}
+        if len(grids) > 1:
+            raise SystemExit(f'--report-only: the runs chose their lr from different grids ({sorted(grids)}); '
                              f'report them apart')
-        args.steps = steps.pop()
+        args.lr_grid = json.loads(grids.pop())
+        first = reported[0]['settings']
+        args.warmup_fraction, args.warmup_min_steps = first['warmup_fraction'], first['warmup_min_steps']
+        args.extend_grid = max(report['settings']['extend_grid'] for report in reported)
     shot_counts = {shot: smallest if shot == 'all' else int(shot) for shot in args.shots}
     if any(count > smallest for count in shot_counts.values()):
         raise SystemExit(f'--shots {args.shots}: the smallest class has only {smallest} training images')
-    done = {(r['recipe'], r['model'], r['shots'], r['seed']) for r in runs}
     meta_path = data_root / 'dataset.json'
     data_name = json.loads(meta_path.read_text()).get('title', data_root.name) if meta_path.exists() \
         else data_root.name
     machine = machine_info(args.device)
-    plan = [(recipe_id, spec, shots, seed) for shots in args.shots for seed in args.seeds
-            for recipe_id in recipes for spec in args.models]
-    pending = [(recipe_id, spec, shots, seed) for recipe_id, spec, shots, seed in plan
-               if (recipe_id, spec, shots, seed) not in done and not args.report_only]
+    seeds = list(args.seeds)
+    cells: List[Cell] = [(regime_id, recipe_id, spec, shots) for regime_id in regimes for shots in args.shots
+                         for recipe_id in recipes for spec in args.models]
 
-    def write_report() -> Dict[str, Any]:
+    def base_grid(recipe_id: str) -> List[float]:
+        return list(args.lr_grid) if args.lr_grid else [float(recipes[recipe_id]['lr'])]
+
+    def decisions() -> Dict[Cell, Dict[str, Any]]:
+        return {cell: decide(runs, cell, seeds, base_grid(cell[1]), args.extend_grid) for cell in cells}
+
+    def write_report(final: bool = False) -> Dict[str, Any]:
         report = {
             'command': command_line(), 'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)),
             'wall_time_s': earlier_wall_s + time.time() - started, 'machine': machine,
-            'settings': {'data': str(data_root), 'data_name': data_name, 'num_classes': len(by_class),
-                         'train_size': len(train_full),
-                         'eval_sizes': {k: len(v.item_ids) for k, v in eval_data.items()}, 'shots': args.shots,
-                         'shot_counts': shot_counts, 'seeds': args.seeds, 'steps': args.steps,
-                         'recipe': recipes[next(iter(recipes))], 'models': args.models,
-                         'crop_pct': args.crop_pct, 'jobs': args.jobs},
-            'recipes': recipes, 'summary': summarize(runs), 'runs': runs, 'parts': parts,
+            'settings': {'format': FORMAT, 'data': str(data_root), 'data_name': data_name,
+                         'num_classes': len(by_class), 'train_size': len(train_full),
+                         'eval_sizes': {k: len(v) for k, v in labels.items()}, 'shots': args.shots,
+                         'shot_counts': shot_counts, 'seeds': seeds, 'regimes': regimes,
+                         'lr_grid': args.lr_grid, 'extend_grid': args.extend_grid, 'lr_rule': LR_RULE,
+                         'warmup_fraction': args.warmup_fraction, 'warmup_min_steps': args.warmup_min_steps,
+                         'probe_steps': args.probe_steps, 'curve_points': args.curve_points, 'n_boot': args.n_boot,
+                         'recipe': recipes[next(iter(recipes))], 'models': args.models, 'crop_pct': args.crop_pct,
+                         'jobs': args.jobs, 'labels': labels},
+            'recipes': recipes, 'summary': summarize(runs, decisions()), 'runs': runs, 'parts': parts,
         }
-        write_text_atomic(json_path, json.dumps(report, indent=1))
-        write_text_atomic(md_path, render_markdown(report))
+        if final:  # the intervals take seconds each: computed once, at the end
+            report['comparisons'] = comparisons(report, args.n_boot)
+            write_text_atomic(md_path, render_markdown(report))
+        write_text_atomic(json_path, json_dumps_compact(report))
         return report
 
-    finished = itertools.count(1)  # runs done by this invocation, of the pending ones (resumed and merged runs apart)
+    in_flight: Dict[Future, Tuple[str, Key]] = {}
+    counter = itertools.count(1)
 
-    def record(key: Tuple[str, str, str, int], result: Dict[str, Any]) -> None:
-        recipe_id, spec, shots, seed = key
-        result['recipe'] = recipe_id
-        runs.append(result)
-        shown = result.get('test_top1_d4', result.get('validation_top1_d4'))
-        print(f"[{(time.time() - started) / 60:6.1f} min {next(finished)}/{len(pending)}] {spec} {recipe_id} k={shots} "
-              f"seed {seed}: top-1 (D4) {shown:.1f}%, {result['steps']} steps, {result['train_cpu_s']:.0f} CPU-s",
-              flush=True)
+    def next_tasks() -> List[Tuple[str, Key]]:
+        """What is left to do, test scoring first (it frees the weights): the runs of the chosen lrs that lack test,
+        then the training runs of the cells' grids."""
+        busy = {key for _, key in in_flight.values()}
+        done = {key_of(r) for r in runs}
+        tests, trains = [], []
+        for cell, decision in decisions().items():
+            for r in [r for r in runs if cell_of(r) == cell]:
+                path = weights_path(args.cache_dir, args.name, key_of(r))
+                if 'lr' in decision and r['lr'] != decision['lr'] and path.exists():
+                    path.unlink()  # never scored on test
+                if 'lr' in decision and r['lr'] == decision['lr'] and 'test' in splits and 'test_top1' not in r \
+                        and key_of(r) not in busy:
+                    if path.exists():
+                        tests.append(('test', key_of(r)))
+                    elif not args.report_only:
+                        print(f'{r["model"]} k={r["shots"]} seed {r["seed"]} lr {r["lr"]:g}: its weights are gone '
+                              f'from {path.parent}; trained again', flush=True)
+                        runs.remove(r)
+            grid = decision['grid'] + ([decision['extend']] if 'extend' in decision else [])
+            trains += [('train', (*cell[:4], seed, lr)) for lr in grid for seed in seeds
+                       if (*cell[:4], seed, lr) not in done and (*cell[:4], seed, lr) not in busy]
+        return tests + trains
+
+    def record(kind: str, key: Key, result: Dict[str, Any]) -> None:
+        if kind == 'train':
+            runs.append(result)
+        else:
+            next(r for r in runs if key_of(r) == key).update(result)
+        regime_id, recipe_id, spec, shots, seed, lr = key
+        shown = (f"test top-1 {result['test_top1']:.1f} / D4 {result['test_top1_d4']:.1f}%" if kind == 'test' else
+                 f"validation top-1 {result['validation_top1']:.1f}%, {result['steps']} steps, "
+                 f"{result['train_cpu_s']:.0f} CPU-s")
+        print(f"[{(time.time() - started) / 60:6.1f} min {next(counter)}] {kind} {spec} {regime_id} {recipe_id} "
+              f"k={shots} seed {seed} lr {lr:g}: {shown}", flush=True)
         write_report()
 
-    if args.jobs == 1:
-        for key in pending:
-            recipe_id, spec, shots, seed = key
-            record(key, run_one(spec, recipes[recipe_id], shots, seed, data_root, eval_data, args))
-    elif pending:
-        # one single-threaded process per job: on a small CPU, N runs side by side beat one run on N threads
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
-            futures = {}
-            for key in pending:
-                recipe_id, spec, shots, seed = key
-                futures[pool.submit(_run_in_worker, spec, recipes[recipe_id], shots, seed, data_root, args)] = key
-            for future in as_completed(futures):
-                record(futures[future], future.result())
-    report = write_report()
-    if not args.no_plot and report['summary']:
-        render_plots(report, out_base)
-    print(f"wrote {json_path}, {md_path}"
-          + ('' if args.no_plot else f", {out_base}_shots.png, {out_base}_cost.png"))
+    def submit(pool: Any, kind: str, key: Key) -> None:
+        recipe = recipes[key[1]]
+        path = weights_path(args.cache_dir, args.name, key)
+        if kind == 'train':
+            future = pool.submit(train_run, key, recipe, regimes[key[0]], data_root, args,
+                                 path if 'test' in splits else None)
+        else:
+            future = pool.submit(test_run, key, recipe, len(by_class), data_root, args, path)
+        in_flight[future] = (kind, key)
+
+    if not args.report_only:
+        pool: Any = InProcess() if args.jobs == 1 else ProcessPoolExecutor(
+            args.jobs, mp_context=multiprocessing.get_context('spawn'), initializer=_set_threads,
+            initargs=(args.threads or 1,))
+        with pool:
+            while True:
+                out_of_time = args.time_budget_s is not None and time.time() - started > args.time_budget_s
+                for kind, key in ([] if out_of_time else next_tasks()):
+                    if len(in_flight) >= args.jobs:
+                        break
+                    submit(pool, kind, key)
+                if not in_flight:
+                    break
+                finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    kind, key = in_flight.pop(future)
+                    record(kind, key, future.result())
+        if args.time_budget_s is not None and next_tasks():
+            print(f'--time-budget-s {args.time_budget_s:g}: stopped starting runs with {len(next_tasks())} left '
+                  f'(--resume goes on; weights waiting for test are in {args.cache_dir})', flush=True)
+    report = write_report(final=True)
+    written = [json_path, md_path]
+    if not args.no_plot:
+        written += render_plots(report, out_base)
+    print('wrote ' + ', '.join(str(p) for p in written))
     return report
 
 
