@@ -26,6 +26,7 @@ import torch.nn as nn
 from PIL import Image
 from tqdm import tqdm
 
+from timm_astro.data.images import read_image
 from timm_astro.errors import OutputExistsError, UserError
 from timm_astro.evaluation.evaluate import H5_SUFFIXES
 from timm_astro.evaluation.metrics import predictive_entropy
@@ -66,8 +67,7 @@ class PredictionInputs(torch.utils.data.Dataset):
 
 
 def _load_file(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert('RGB')
+    return read_image(path)  # evaluate's reader and rules: 16-bit pixels scaled, special files never opened, ...
 
 
 def open_prediction_inputs(source: PathLike) -> PredictionInputs:
