@@ -417,3 +417,13 @@ def test_output_inside_the_data_folder_is_refused(image_folder, tmp_path, capsys
                  '--no-progress']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'inside the data folder' in err and not out.exists()
+
+
+def test_a_folder_lacking_one_of_the_models_classes_is_told_what_it_lacks(tmp_path):
+    for name in (CLASSES[0], CLASSES[2]):
+        _random_png(tmp_path / 'validation' / name / '0.png', 0)
+    model = InvariantByConstruction(num_classes=3)
+    model.pretrained_cfg = {'label_names': ['round', 'edge on', 'spiral']}
+    with pytest.raises(UserError, match='predicts 3 classes but the data has 2 .*lacks the classes edge on: pass the '
+                                        'folder that holds the splits with --split'):
+        evaluate(model, open_labelled_data(tmp_path / 'validation'), progress=False)

@@ -145,10 +145,18 @@ def label_names_for(model: nn.Module, data_class_names: Sequence[str]) -> List[s
     """The model's own label names (config ``label_names``), else the data's class names; raises if the class
     counts differ, since every index would then be wrong."""
     num_classes = getattr(model, 'num_classes', None)
-    if num_classes is not None and num_classes != len(data_class_names):
-        raise UserError(f'the model predicts {num_classes} classes but the data has {len(data_class_names)} '
-                        f'({", ".join(list(data_class_names)[:5])}{", ..." if len(data_class_names) > 5 else ""})')
     names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    if num_classes is not None and num_classes != len(data_class_names):
+        hint = ''
+        if num_classes > len(data_class_names):  # a split without some class: its indices would all shift
+            found = {_slug(n) for n in data_class_names}
+            lacking = [str(n) for n in (names.values() if isinstance(names, dict) else names or [])
+                       if _slug(str(n)) not in found]
+            hint = (f"; the data lacks {'the classes ' + ', '.join(lacking[:5]) if lacking else 'some classes'}: "
+                    'pass the folder that holds the splits with --split, which takes the classes of every split')
+        raise UserError(f'the model predicts {num_classes} classes but the data has {len(data_class_names)} '
+                        f'({", ".join(list(data_class_names)[:5])}{", ..." if len(data_class_names) > 5 else ""})'
+                        f'{hint}')
     if names and len(names) == len(data_class_names):
         return [str(n) for n in (names.values() if isinstance(names, dict) else names)]
     return list(data_class_names)
