@@ -638,8 +638,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--set', dest='sets', nargs='*', default=[], metavar='KEY=VALUE', help='recipe overrides')
     parser.add_argument('--grid', nargs='*', default=[], metavar='KEY=V1|V2', help='recipe values to try (YAML)')
     parser.add_argument('--crop-pct', type=float, default=1.0,
-                        help="evaluation centre crop (timm's crop_pct): 0.5 keeps the central half of each side, where a "
-                             "catalogue cutout has its galaxy; pair it with the recipe's training crop `scale`")
+                        help="evaluation centre crop (timm's crop_pct): 0.5 keeps the central half of each side, "
+                             "where a catalogue cutout has its galaxy; pair it with the recipe's training crop `scale`")
     parser.add_argument('--eval-splits', nargs='+', default=['validation', 'test'], choices=['validation', 'test'],
                         help='validation is always scored; leave test out for a recipe search')
     parser.add_argument('--eval-batch-size', type=int, default=50)
@@ -738,11 +738,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         # the recipes, regimes and grid are the runs' too, not this command line's
         recipes = {rid: recipe for report in reported for rid, recipe in report['recipes'].items()}
         regimes = {rid: regime for report in reported for rid, regime in report['settings']['regimes'].items()}
-        grids = {json.dumps(report['settings']['lr_grid']) for report in reported}
-        if len(grids) > 1:
-            raise SystemExit(f'--report-only: the runs chose their lr from different grids ({sorted(grids)}); '
-                             f'report them apart')
-        args.lr_grid = json.loads(grids.pop())
+        grids = [report['settings']['lr_grid'] for report in reported]
+        if any(grid is None for grid in grids) and not all(grid is None for grid in grids):
+            raise SystemExit("--report-only: some runs chose their lr from a grid, some took the recipe's: report "
+                             "them apart")
+        # parts of one grid, run apart, are one grid
+        args.lr_grid = None if grids[0] is None else sorted(set().union(*grids))
         first = reported[0]['settings']
         args.warmup_fraction, args.warmup_min_steps = first['warmup_fraction'], first['warmup_min_steps']
         args.extend_grid = max(report['settings']['extend_grid'] for report in reported)
@@ -803,8 +804,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     if path.exists():
                         tests.append(('test', key_of(r)))
                     elif not args.report_only:
-                        print(f'{r["model"]} k={r["shots"]} seed {r["seed"]} lr {r["lr"]:g}: its weights are gone '
-                              f'from {path.parent}; trained again', flush=True)
+                        print(f'{r["model"]} k={r["shots"]} seed {r["seed"]} lr {r["lr"]:g}: its weights are '
+                              f'gone from {path.parent}; trained again', flush=True)
                         runs.remove(r)
             grid = decision['grid'] + ([decision['extend']] if 'extend' in decision else [])
             trains += [('train', (*cell[:4], seed, lr)) for lr in grid for seed in seeds

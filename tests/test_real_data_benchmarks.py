@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from timm_astro.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 import lowdata  # noqa: E402
@@ -30,85 +32,173 @@ def three_splits(tmp_path_factory) -> Path:
     return root
 
 
-def test_study_writes_json_markdown_and_both_plots(three_splits, tmp_path, monkeypatch):
+def _study(data: Path, out: Path, *extra: str) -> dict:
+    return lowdata.main(['--data-dir', str(data), '--set', 'batch_size=4', '--out-dir', str(out),
+                         '--cache-dir', str(out / 'cache'), '--n-boot', '500', *extra])
+
+
+def test_protocol_chooses_lr_on_validation_and_scores_only_it_on_test(three_splits, tmp_path, monkeypatch):
+    """Two models, two lrs, two seeds, fixed steps: each model's lr is the best mean plain validation top-1; only
+    its runs have test predictions; every run has its curve; the report holds paired intervals and warns that a
+    two-value grid cannot bracket; --report-only gives the same report back; old and foreign reports are refused."""
     monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
-    report = lowdata.main([
-        '--data-dir', str(three_splits), '--models', 'resnet18@16', 'astroformer_small[rel_pos_type=none]@16',
-        '--shots', '2', 'all', '--seeds', '0', '1', '--steps', '2', '--set', 'batch_size=4', 'epochs=1',
-        '--out-dir', str(tmp_path), '--name', 'smoke'])
-    assert len(report['runs']) == 2 * 2 * 2  # shots x seeds x models
-    for run in report['runs']:
-        assert run['train_images'] == 3 * (2 if run['shots'] == '2' else 6)
-        for key in ('test_top1', 'test_top1_d4', 'test_balanced', 'test_balanced_d4', 'validation_top1'):
-            assert 0 <= run[key] <= 100
-        assert run['train_cpu_s'] > 0 and run['steps'] >= 1
-    assert report['settings']['eval_sizes'] == {'validation': 6, 'test': 9}
-    assert {(e['model'], e['shots']) for e in report['summary']} == {
-        (m, s) for m in ('resnet18@16', 'astroformer_small[rel_pos_type=none]@16') for s in ('2', 'all')}
-    assert all(e['test_top1']['n'] == 2 for e in report['summary'])
+    models = ['resnet18@16', 'astroformer_small[rel_pos_type=none]@16']
+    report = _study(three_splits, tmp_path, '--models', *models, '--shots', '2', '--seeds', '0', '1', '--steps', '3',
+                    '--curve-points', '3', '--lr-grid', '1e-3', '3e-3', '--jobs', '1', '--name', 'smoke')
+    runs = report['runs']
+    assert len(runs) == 2 * 2 * 2  # models x seeds x lrs
+    labels = report['settings']['labels']
+    assert len(labels['validation']) == 6 and len(labels['test']) == 9 and report['settings']['format'] == 2
+    for run in runs:
+        assert run['steps'] == 3 and run['warmup_steps'] == 1 and run['train_images'] == 3 * 2
+        assert [h['step'] for h in run['history']] == [1, 2, 3] and run['history'][-1]['cpu_s'] <= run['train_cpu_s']
+        assert all(0 <= h['validation_top1'] <= 100 and h['train_loss'] > 0 for h in run['history'])
+        assert len(run['validation_pred']) == len(run['validation_pred_d4']) == 6
+    for entry in report['summary']:
+        members = [r for r in runs if r['model'] == entry['model']]
+        means = {lr: np.mean([r['validation_top1'] for r in members if r['lr'] == lr]) for lr in (1e-3, 3e-3)}
+        assert entry['lr'] == (3e-3 if means[3e-3] > means[1e-3] else 1e-3)
+        assert entry['lr_edge'] == ('low' if entry['lr'] == 1e-3 else 'high')
+        for run in members:
+            chosen = run['lr'] == entry['lr']
+            assert ('test_top1' in run) == ('test_pred' in run) == ('test_pred_d4' in run) == chosen
+            if chosen:
+                assert len(run['test_pred']) == 9 and 0 <= run['test_top1_d4'] <= 100
+    assert not list((tmp_path / 'cache').rglob('*.pt')), 'every weights file is gone once scored or not chosen'
+    kinds = {(c['kind'], c['model'], c.get('mode'), c['split']) for c in report['comparisons']}
+    assert ('versus', models[1], 'plain', 'test') in kinds and ('versus', models[0], 'd4', 'test') in kinds
+    assert ('d4_effect', models[0], None, 'validation') in kinds and ('d4_effect', models[1], None, 'test') in kinds
+    for c in report['comparisons']:
+        assert c['low'] <= c['mean'] <= c['high'] and c['seeds'] == [0, 1]
     markdown = (tmp_path / 'smoke.md').read_text()
-    assert 'tiny stand-in' in markdown and '`resnet18@16`' in markdown and 'one image is 11.1 points' in markdown
-    for kind in ('shots', 'cost'):
+    assert '## Fixed length: 3 optimizer steps per run' in markdown and 'tiny stand-in' in markdown
+    assert '**Warning: the lr grid does not bracket the optimum**' in markdown
+    assert 'D4 averaging minus plain' in markdown and 'test plain: difference [95%]' in markdown
+    for kind in ('curves', 'shots'):
         assert (tmp_path / f'smoke_{kind}.png').read_bytes()[:8] == PNG_SIGNATURE
-    # --resume runs nothing again
-    again = lowdata.main([
-        '--data-dir', str(three_splits), '--models', 'resnet18@16', 'astroformer_small[rel_pos_type=none]@16',
-        '--shots', '2', 'all', '--seeds', '0', '1', '--steps', '2', '--set', 'batch_size=4', 'epochs=1',
-        '--out-dir', str(tmp_path), '--name', 'smoke', '--resume', '--no-plot'])
-    assert again['runs'] == report['runs']
-    # --report-only trains none of the cells the merged runs lack; k, seeds and models are the runs'
-    reported = lowdata.main([
-        '--data-dir', str(three_splits), '--models', 'convnext_atto@16', '--shots', '3', '--seeds', '5',
-        '--out-dir', str(tmp_path), '--name', 'reported', '--merge', str(tmp_path / 'smoke.json'), '--report-only',
-        '--no-plot'])
-    assert reported['runs'] == report['runs'] and reported['summary'] == report['summary']
-    assert reported['settings']['shots'] == ['2', 'all'] and reported['settings']['seeds'] == [0, 1]
-    assert reported['settings']['models'] == ['resnet18@16', 'astroformer_small[rel_pos_type=none]@16']
+
+    again = _study(three_splits, tmp_path, '--name', 'reported', '--merge', str(tmp_path / 'smoke.json'),
+                   '--report-only', '--no-plot', '--models', 'convnext_atto@16', '--seeds', '5')
+    assert again['runs'] == runs and again['summary'] == report['summary']
+    assert again['comparisons'] == report['comparisons'] and again['settings']['lr_grid'] == [1e-3, 3e-3]
+    with pytest.raises(SystemExit, match='before the study protocol.*commit c377f1a'):
+        _study(three_splits, tmp_path, '--name', 'old', '--report-only', '--merge',
+               str(ROOT / 'benchmarks' / 'results' / 'lowdata.json'))
+    foreign = json.loads((tmp_path / 'smoke.json').read_text())
+    foreign['settings']['labels']['test'][0] = 2 - foreign['settings']['labels']['test'][0]
+    (tmp_path / 'foreign.json').write_text(json.dumps(foreign))
+    with pytest.raises(SystemExit, match='other validation/test images'):
+        _study(three_splits, tmp_path, '--name', 'x', '--report-only', '--merge', str(tmp_path / 'foreign.json'))
     with pytest.raises(SystemExit, match='--report-only reports earlier runs'):
-        lowdata.main(['--data-dir', str(three_splits), '--out-dir', str(tmp_path), '--name', 'none', '--report-only'])
+        _study(three_splits, tmp_path, '--name', 'none', '--report-only')
+
+
+def test_equal_compute_and_convergence_regimes(three_splits, tmp_path, monkeypatch):
+    """A CPU-second budget becomes steps through the probe's cost per step; convergence stops when validation has
+    not improved for --patience evaluations (or at the cap) and scores the best weights."""
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
+    report = _study(three_splits, tmp_path, '--models', 'resnet18@16', '--shots', 'all', '--seeds', '0', '--jobs', '1',
+                    '--budget-cpu-s', '1.5', '--converge', '--eval-every', '2', '--patience', '1', '--max-steps', '8',
+                    '--probe-steps', '2', '--warmup-min-steps', '2', '--name', 'regimes', '--no-plot')
+    runs = {r['regime']: r for r in report['runs']}
+    assert set(runs) == {'cpu1.5s', 'converge'} and set(report['settings']['regimes']) == set(runs)
+    budget, converged = runs['cpu1.5s'], runs['converge']
+    assert budget['probe']['steps'] == 2 and budget['probe']['cpu_s_per_step'] > 0
+    assert budget['steps'] == max(1, round(1.5 / budget['probe']['cpu_s_per_step']))
+    assert converged['steps'] <= 8 and [h['step'] for h in converged['history']][:2] == [2, 4]
+    best = max(converged['history'], key=lambda h: h['validation_top1'])  # the first of the best, as kept
+    assert converged['best_step'] == best['step']
+    if converged['stopped_early']:
+        assert converged['steps'] - converged['best_step'] >= 2  # one evaluation (2 steps) without improvement
+    markdown = (tmp_path / 'regimes.md').read_text()
+    assert '## Equal compute: 1.5 CPU-seconds of training per run' in markdown
+    assert '## Trained to convergence: validation every 2 steps' in markdown
+    with pytest.raises(SystemExit, match='--budget-cpu-s counts CPU-seconds'):
+        _study(three_splits, tmp_path, '--budget-cpu-s', '10', '--device', 'cuda')
+    with pytest.raises(SystemExit, match="give the lrs to --lr-grid alone"):
+        _study(three_splits, tmp_path, '--lr-grid', '1e-3', '--grid', 'lr=0.1|0.2')
+
+
+def test_lr_choice_brackets_extends_and_waits_for_every_seed():
+    cell = ('steps3', 'base', 'm@16', '30')
+
+    def run(lr, seed, top1):
+        return {'regime': 'steps3', 'recipe': 'base', 'model': 'm@16', 'shots': '30', 'lr': lr, 'seed': seed,
+                'validation_top1': top1}
+    runs = [run(1e-3, 0, 50), run(1e-3, 1, 60), run(3e-3, 0, 58), run(3e-3, 1, 58), run(1e-2, 0, 40)]
+    waiting = lowdata.decide(runs, cell, [0, 1], [1e-3, 3e-3, 1e-2], extend=0)
+    assert 'lr' not in waiting and waiting['validation_by_lr'][1e-2] == 40, 'seed 1 of lr 1e-2 missing'
+    runs.append(run(1e-2, 1, 30))
+    inside = lowdata.decide(runs, cell, [0, 1], [1e-3, 3e-3, 1e-2], extend=0)
+    assert inside['lr'] == 3e-3 and inside['edge'] is None  # 58 against 55 and 35: bracketed
+    ties = lowdata.decide([run(1e-3, 0, 50), run(3e-3, 0, 50)], cell, [0], [1e-3, 3e-3], extend=0)
+    assert ties['lr'] == 1e-3 and ties['edge'] == 'low'
+    high = [run(1e-3, 0, 50), run(3e-3, 0, 60)]
+    assert lowdata.decide(high, cell, [0], [1e-3, 3e-3], extend=0)['edge'] == 'high'
+    assert lowdata.decide(high, cell, [0], [1e-3, 3e-3], extend=1)['extend'] == 9e-3  # the grid's ratio
+    high.append(run(9e-3, 0, 55))
+    assert lowdata.decide(high, cell, [0], [1e-3, 3e-3], extend=1) == {
+        'grid': [1e-3, 3e-3, 9e-3], 'validation_by_lr': {1e-3: 50, 3e-3: 60, 9e-3: 55}, 'lr': 3e-3, 'edge': None}
+
+
+def test_training_counts_in_steps_and_stops_early(three_splits):
+    """train_classifier's step budget: exactly N steps, warm-up in steps, history every E steps with the hook's
+    result, and should_stop ending the run."""
+    from timm.data import create_dataset
+    from timm_astro.training import train_args, train_classifier
+    import timm
+    dataset = create_dataset('', root=str(three_splits), split='train', is_training=True)  # 18 images: 4 per epoch
+    config = {'input_size': (3, 16, 16), 'mean': (0.5,) * 3, 'std': (0.5,) * 3}
+    args = train_args({'opt': 'adamw', 'lr': 1e-2, 'batch_size': 4, 'warmup_lr': 0.0, 'min_lr': 0.0,
+                       'warmup_epochs': 2 / 4, 'sched_on_updates': True, 'epochs': 300})
+    result = train_classifier(timm.create_model('resnet18', num_classes=3), dataset, args, data_config=config,
+                              num_classes=3, steps=6, log_every=2, on_epoch_end=lambda e, m, s: {'seen': s['step']})
+    assert result.steps == 6 and [h['step'] for h in result.history] == [2, 4, 6]
+    assert [h['seen'] for h in result.history] == [2, 4, 6] and result.history[0]['epoch'] == 0.5
+    assert result.history[-1]['lr'] == pytest.approx(0.0, abs=1e-9), 'the cosine ends at the last step'
+    assert 0 < result.history[0]['cpu_s'] < result.history[-1]['cpu_s'] <= result.cpu_seconds
+    stopped = train_classifier(timm.create_model('resnet18', num_classes=3), dataset, args, data_config=config,
+                               num_classes=3, steps=6, log_every=1, should_stop=lambda history: len(history) == 3)
+    assert stopped.steps == 3 and len(stopped.history) == 3
+    assert stopped.history[0]['lr'] == pytest.approx(0.5e-2), 'half way through a warm-up of 2 steps from 0'
+    with pytest.raises(UserError, match='steps must be a whole number'):
+        train_classifier(timm.create_model('resnet18', num_classes=3), dataset, args, data_config=config,
+                         num_classes=3, steps=0)
 
 
 def test_jobs_run_side_by_side_and_score_as_one_process_does(three_splits, tmp_path, monkeypatch):
     """--jobs 2 (a spawned single-threaded process per run) gives the runs, and the accuracies, of one
     single-threaded process: the parallel default study measures the same thing."""
     monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
-    common = ['--data-dir', str(three_splits), '--models', 'resnet18@16', 'resnet18@24', '--shots', '2',
-              '--seeds', '0', '--steps', '2', '--set', 'batch_size=4', '--out-dir', str(tmp_path), '--no-plot']
-    serial = lowdata.main(common + ['--threads', '1', '--name', 'serial'])
-    parallel = lowdata.main(common + ['--jobs', '2', '--name', 'parallel'])
+    common = ['--models', 'resnet18@16', 'resnet18@24', '--shots', '2', '--seeds', '0', '--steps', '2', '--no-plot']
+    serial = _study(three_splits, tmp_path, *common, '--threads', '1', '--jobs', '1', '--name', 'serial')
+    parallel = _study(three_splits, tmp_path, *common, '--jobs', '2', '--name', 'parallel')
 
     def scores(report):
-        return {r['model']: (r['test_top1'], r['test_top1_d4'], r['final_train_loss']) for r in report['runs']}
+        return {r['model']: (r['test_pred'], r['test_pred_d4'], r['final_train_loss']) for r in report['runs']}
     assert scores(parallel) == scores(serial) and len(scores(serial)) == 2
     assert json.loads((tmp_path / 'parallel.json').read_text())['settings']['jobs'] == 2
     with pytest.raises(SystemExit, match='--jobs 0: expected 1 or more'):
-        lowdata.main(common + ['--jobs', '0'])
+        _study(three_splits, tmp_path, *common, '--jobs', '0')
 
 
-def test_recipe_search_on_validation_in_two_parts_merged(three_splits, tmp_path, monkeypatch):
-    """A grid run as two parts (as two processes would), merged: the report never scores test, compares the
-    recipes side by side on validation with each row's best in bold, and names the parts it merged."""
+def test_lr_search_on_validation_in_two_parts_merged(three_splits, tmp_path, monkeypatch):
+    """An lr grid run as two parts (as two machines would), merged: test is never scored nor weights kept, the
+    parts' grids are one grid, and the report names the parts it merged."""
     monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
-    common = ['--data-dir', str(three_splits), '--models', 'resnet18@16', '--shots', '2', '--seeds', '0',
-              '--steps', '2', '--set', 'batch_size=4', '--eval-splits', 'validation', '--out-dir', str(tmp_path),
-              '--no-plot']
+    common = ['--models', 'resnet18@16', '--shots', '2', '--seeds', '0', '--steps', '2', '--eval-splits',
+              'validation', '--no-plot', '--jobs', '1']
     for lr in ('0.001', '0.01'):
-        lowdata.main(common + ['--grid', f'lr={lr}', '--name', f'part_{lr}'])
-    merged = lowdata.main(common + ['--grid', 'lr=0.001|0.01', '--name', 'search',
-                                    '--merge', str(tmp_path / 'part_0.001.json'), str(tmp_path / 'part_0.01.json')])
-    assert sorted(r['recipe'] for r in merged['runs']) == ['lr=0.001', 'lr=0.01'], 'merged, nothing run again'
+        _study(three_splits, tmp_path, *common, '--lr-grid', lr, '--name', f'part_{lr}')
+    assert not list((tmp_path / 'cache').rglob('*.pt'))
+    merged = _study(three_splits, tmp_path, *common, '--name', 'search', '--report-only',
+                    '--merge', str(tmp_path / 'part_0.001.json'), str(tmp_path / 'part_0.01.json'))
+    assert sorted(r['lr'] for r in merged['runs']) == [0.001, 0.01] and merged['settings']['lr_grid'] == [0.001, 0.01]
     assert all('test_top1' not in r and 'validation_top1_d4' in r for r in merged['runs'])
     assert [p['file'] for p in merged['parts']] == ['part_0.001.json', 'part_0.01.json']
     markdown = (tmp_path / 'search.md').read_text()
-    assert 'The test split was not evaluated' in markdown and 'merging `part_0.001.json` (1 runs' in markdown
-    table = markdown.split('## Validation top-1 with D4 (%), by recipe')[1]
-    assert '| model | k | `lr=0.001` | `lr=0.01` |' in table and '**' in table.split('`resnet18@16`')[1]
-    # reported without --grid: the recipes (and steps) are the parts', not the command line's
-    reported = lowdata.main(['--data-dir', str(three_splits), '--eval-splits', 'validation', '--out-dir', str(tmp_path),
-                             '--no-plot', '--name', 'search_report', '--report-only',
-                             '--merge', str(tmp_path / 'part_0.001.json'), str(tmp_path / 'part_0.01.json')])
-    assert list(reported['recipes']) == ['lr=0.001', 'lr=0.01'] and reported['settings']['steps'] == 2
-    assert '| model | k | `lr=0.001` | `lr=0.01` |' in (tmp_path / 'search_report.md').read_text()
+    assert "merging `part_0.001.json` (1 runs" in markdown and '| regime | model | k |' in markdown
+    assert not any(c['split'] == 'test' for c in merged['comparisons'])
 
 
 def test_few_shot_subsets_are_balanced_nested_and_seeded():
