@@ -253,3 +253,30 @@ def test_committed_paired_table_is_rederived_from_the_committed_report(tmp_path,
     table = [line for line in committed.splitlines() if line.startswith('|')]
     assert len(table) > 2 and table == [line for line in (tmp_path / 'again.md').read_text().splitlines()
                                         if line.startswith('|')]
+
+
+def test_gpu_study_dry_run_trains_scores_and_reports_every_cell(tmp_path):
+    """benchmarks/gpu_study.sh --dry-run: the GPU study's command on the CPU with tiny settings writes the study's
+    JSON (converged runs, test scored for the chosen lr) and markdown; a folder without the three splits is refused
+    before anything runs."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    data = tmp_path / 'gz2'
+    for split, count in (('train', 4), ('validation', 2), ('test', 2)):
+        for label in ('0_smooth', '1_disk'):
+            (data / split / label).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(data / split / label / f'{i}.png')
+    env = dict(ENV, PYTHON=sys.executable, LOWDATA_CACHE=str(tmp_path / 'cache'))
+    proc = subprocess.run(['bash', str(BENCHMARKS / 'gpu_study.sh'), str(data), str(tmp_path / 'out'), '--dry-run'],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / 'out' / 'lowdata_gz2_gpu.json').read_text())
+    assert set(report['settings']['regimes']) == {'converge'} and len(report['runs']) == 2
+    assert all('test_pred_d4' in r and r['steps'] <= 2 for r in report['runs'])
+    assert '## Trained to convergence' in (tmp_path / 'out' / 'lowdata_gz2_gpu.md').read_text()
+    refused = subprocess.run(['bash', str(BENCHMARKS / 'gpu_study.sh'), str(tmp_path), '--dry-run'],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert refused.returncode == 2 and 'expected an ImageFolder with train/, validation/ and test/' in refused.stderr
