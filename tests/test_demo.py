@@ -84,6 +84,7 @@ def test_overwrite_replaces_an_earlier_demo_but_never_a_folder_that_is_not_ours(
     (['--lr', '-1'], '--lr must be a finite number above 0, got -1.0'),
     (['--drop-path', '1.5'], '--drop-path must be in [0, 1), got 1.5'),
     (['--workers', '-1'], '--workers must be at least 0, got -1'),
+    (['--threads', '0'], '--threads must be at least 1, got 0'),
     (['--images-per-class', '5'], '--batch-size 32 is more than the 30 training images'),
     (['--model', 'astroformer_0'], '--model astroformer_0 cannot run at --image-size 16: astroformer_0 runs on inputs'),
 ])
@@ -131,3 +132,20 @@ def test_output_that_is_a_file(tmp_path, capsys):
     (tmp_path / 'file').write_text('x')
     assert main(['--output', str(tmp_path / 'file')] + TINY) == 2
     assert 'exists and is a file, not a folder' in capsys.readouterr().err
+
+
+def test_same_seed_same_figures_and_weights(demo_dir, tmp_path):
+    """Issue 29: two runs with the same --seed in one process (so the global RNG state differs between them) print the
+    same figures and train the same weights: data, model init, batch order and dropout all follow --seed."""
+    import torch
+    torch.manual_seed(12345)  # whatever ran before must not matter
+    again = tmp_path / 'again'
+    assert main(['--output', str(again)] + TINY) == 0
+    first, second = (json.loads((d / 'summary.json').read_text()) for d in (demo_dir, again))
+    for key in ('validation_top1', 'validation_top1_d4', 'history'):
+        assert _without_times(first[key]) == _without_times(second[key]), key
+    assert (demo_dir / 'model/model.safetensors').read_bytes() == (again / 'model/model.safetensors').read_bytes()
+
+
+def _without_times(value):
+    return [{k: v for k, v in h.items() if 'seconds' not in k} for h in value] if isinstance(value, list) else value

@@ -212,7 +212,32 @@ def _truncated(path: Path) -> Path:
     return path
 
 
+def _storage_elsewhere(path: Path, case: str) -> Path:
+    """Issue 29: a dataset whose storage is not in the file (a group, a link to nowhere, external raw data)."""
+    make_h5(path, skip=('ra',) if case == 'ra group' else ('images',))
+    with h5py.File(path, 'a') as f:
+        if case == 'ra group':
+            f.create_group('ra')
+        elif case == 'images external link':
+            f['images'] = h5py.ExternalLink('missing.h5', '/images')
+        elif case == 'images soft link':
+            f['images'] = h5py.SoftLink('/nowhere')
+        else:  # raw data in a file that is not there
+            f.create_dataset('images', shape=(70, 256, 256, 3), dtype=np.uint8,
+                             external=[(str(path.parent / 'missing.raw'), 0, h5py.h5f.UNLIMITED)])
+    return path
+
+
+STORAGE_CASES = {
+    'ra group': "input.h5: 'ra' is a group, expected a dataset",
+    'images external link': "input.h5: 'images' is an external link to missing.h5:/images, which cannot be opened",
+    'images soft link': "input.h5: 'images' is a link to /nowhere that leads nowhere",
+    'images external raw data': "input.h5: cannot read image 0 of 'images' (",
+}
+
+
 BAD_INPUTS = {
+    **{case: (lambda p, c=case: _storage_elsewhere(p, c), [], message) for case, message in STORAGE_CASES.items()},
     'missing file': (lambda p: p, [], 'no such file'),
     'not hdf5': (lambda p: (p.write_bytes(b'SIMPLE  =  T' * 400), p)[1], [], 'not an HDF5 file'),
     'truncated': (_truncated, [], 'is truncated'),
@@ -248,6 +273,29 @@ def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path, capsys, cas
     assert message in err, f'{case}: {err!r}'
     assert err.startswith('timm-astro galaxy10: error: ') and err.count('\n') == 1 and 'Traceback' not in err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize('case', list(STORAGE_CASES))
+def test_dataset_reader_names_the_file_and_dataset_whose_storage_is_elsewhere(tmp_path, case):
+    """The HDF5 reader evaluate and predict use: the same one-line error, before any image is served."""
+    h5 = _storage_elsewhere(tmp_path / 'input.h5', case)
+    with pytest.raises(UserError) as e:
+        Galaxy10Dataset(h5)
+    assert STORAGE_CASES[case] in str(e.value) and '\n' not in str(e.value), str(e.value)
+
+
+def test_a_file_with_some_classes_says_what_timm_will_find(tmp_path, capsys):
+    """Issue 29: 3 of the 10 classes present: timm numbers the 3 folders that hold images, so --num-classes 3."""
+    labels = np.repeat(np.array([0, 3, 7], dtype=np.uint8), 10)
+    h5 = make_h5(tmp_path / 'three.h5', size=69, labels=labels, metadata=False)
+    out = tmp_path / 'out'
+    assert main(['prepare', str(h5), str(out), '--no-progress']) == 0
+    printed = capsys.readouterr().out
+    assert f'--num-classes 3\n' in printed and '--num-classes 10' not in printed
+    folders = ', '.join(SDSS.class_folders[i] for i in (0, 3, 7))
+    assert f'train/ holds images of 3 of the 10 Galaxy10 SDSS classes ({folders}); timm will find 3 classes' in printed
+    from timm.data import create_dataset
+    assert len(create_dataset('', root=str(out), split='train').reader.class_to_idx) == 3
 
 
 def _file(path: Path) -> Path:

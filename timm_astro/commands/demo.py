@@ -8,19 +8,23 @@
    relative-position kernels, and writes the model as a Hub-ready folder that it reloads with
    ``timm.create_model('local-dir:...', pretrained=True)``, checking that the logits are identical.
 
-Everything is built in a partial folder beside ``--output`` and renamed into place at the end.
+Everything is built in a partial folder beside ``--output`` and renamed into place at the end. The figures follow
+``--seed`` and ``--threads`` (data, initial weights, batch order, augmentation; torch's deterministic algorithms):
+the same pair prints the same figures on the same kind of CPU.
 """
 import argparse
+import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from PIL import Image, ImageDraw
 
 import timm
 from timm.data import create_dataset, resolve_model_data_config
+from timm.utils import random_seed
 
 from timm_astro.commands import run_command
 from timm_astro.data.synthetic_galaxies import CLASS_NAMES, LABEL_NAMES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, \
@@ -32,6 +36,21 @@ from timm_astro.training import mixes, train_args, train_classifier
 
 PROG = 'timm-astro demo'
 CREATED_BY = 'timm-astro demo'
+DEMO_THREADS = 2  # the README's figures were measured on two cores
+
+
+@contextlib.contextmanager
+def reproducible(threads: int) -> Iterator[None]:
+    """Same seed, same figures: a fixed thread count (the order of float sums depends on it) and torch's
+    deterministic algorithms, both restored on exit (the demo also runs inside other programs and tests)."""
+    saved_threads, saved_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        torch.use_deterministic_algorithms(saved_deterministic)
 
 
 def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -52,6 +71,9 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
                         help='stochastic depth rate')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--workers', type=int, default=0, help='data loader worker processes')
+    parser.add_argument('--threads', type=int, default=DEMO_THREADS,
+                        help='torch CPU threads; the figures depend on it (float sums split across threads add up in '
+                             'another order), so the default is fixed rather than one per core')
     return parser.parse_args(argv)
 
 
@@ -67,6 +89,8 @@ def _check(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError(f'--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.image_size}')
     if args.workers < 0:
         raise UserError(f'--workers must be at least 0, got {args.workers}')
+    if args.threads < 1:
+        raise UserError(f'--threads must be at least 1, got {args.threads}')
     if not math.isfinite(args.lr) or args.lr <= 0:
         raise UserError(f'--lr must be a finite number above 0, got {args.lr}')
     if not 0 <= args.drop_path < 1:
@@ -136,7 +160,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     recipe = _check(args)
     output = Path(args.output)
     num_classes = len(CLASS_NAMES)
-    with atomic_output_dir(output, CREATED_BY, overwrite=args.overwrite) as tmp:
+    with atomic_output_dir(output, CREATED_BY, overwrite=args.overwrite) as tmp, reproducible(args.threads):
         data_root = tmp / 'data'
         print(f'rendering {args.images_per_class}+{args.val_per_class} synthetic galaxies per class '
               f'({num_classes} classes, {args.image_size} px) into {output / "data"}')
@@ -145,6 +169,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         contact_sheet(data_root, tmp / 'contact_sheet.png', args.image_size)
         data_seconds = time.time() - start
 
+        random_seed(args.seed)  # the initial weights follow --seed too (train_classifier seeds the rest again)
         model = timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path)
         model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': list(LABEL_NAMES)}  # for the evaluation
         data_config = resolve_model_data_config(
@@ -190,11 +215,13 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         summary = dict(
             model=args.model, validation_top1=history[-1]['val_top1'], chance=100.0 / num_classes,
             validation_top1_d4=evaluation.metrics['d4']['top1'], epochs=len(history), train_images=len(train_set),
-            val_images=len(val_data.item_ids), image_size=args.image_size, seconds=round(time.time() - start, 1),
+            val_images=len(val_data.item_ids), image_size=args.image_size, seed=args.seed, threads=args.threads,
+            seconds=round(time.time() - start, 1),
             data_seconds=round(data_seconds, 1), reload_identical=identical, recipe=recipe, history=history)
         write_json(tmp / 'summary.json', summary)
     print(f"\nvalidation top-1 {summary['validation_top1']:.1f}% ({num_classes} classes, chance "
-          f"{summary['chance']:.1f}%) after {len(history)} epochs on {len(train_set)} images, {summary['seconds']} s")
+          f"{summary['chance']:.1f}%) after {len(history)} epochs on {len(train_set)} images, {summary['seconds']} s "
+          f"(seed {args.seed}, {args.threads} threads: the same pair gives the same figures)")
     print(summary_table(evaluation))
     print(f'reloaded from the exported folder with identical logits: {identical}')
     print(f'data:            {output / "data"}')

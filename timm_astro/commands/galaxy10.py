@@ -65,5 +65,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         counts = ', '.join(f'{split} {count}' for split, count in result.splits.items())
         print(f'{result.variant.name}: {n} images -> {result.out_dir} ({counts}) in {s:.1f} s, '
               f'{n / max(s, 1e-9):.0f} images/s')
-        print(f'train with: train.py --data-dir {result.out_dir} --num-classes {len(result.variant.class_names)}')
+        print(f'train with: train.py --data-dir {result.out_dir} --num-classes {result.num_classes}')
+        total = len(result.variant.class_names)
+        if result.num_classes != total:  # timm numbers only the class folders that hold images
+            print(f'note: train/ holds images of {result.num_classes} of the {total} {result.variant.name} classes '
+                  f"({', '.join(result.train_classes)}); timm will find {result.num_classes} classes and number them "
+                  f'0-{result.num_classes - 1} in that order, not by their {result.variant.name} labels')
     return run_command(PROG, run)

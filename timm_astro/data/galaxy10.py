@@ -139,15 +139,34 @@ def _open_h5(path: Path):
 
 
 def _dataset(f, key: str, path: Path):
+    """``f[key]`` as an h5py Dataset whose data this file can reach, or a Galaxy10Error naming the file and key."""
     h5py = _import_h5py()
-    if key not in f:
+    link = f.get(key, getlink=True)
+    if link is None:
         found = ', '.join(repr(k) for k in f.keys()) or 'none'
         raise Galaxy10Error(
             f"{path}: no {key!r} dataset; a Galaxy10 file has {IMAGES_KEY!r} and {LABELS_KEY!r} (found: {found})")
-    ds = f[key]
+    try:
+        ds = f[key]
+    except (KeyError, OSError):  # a link whose target cannot be opened
+        if isinstance(link, h5py.ExternalLink):
+            raise Galaxy10Error(
+                f'{path}: {key!r} is an external link to {link.filename}:{link.path}, which cannot be opened; '
+                f'expected the dataset stored in the file itself (or the linked file beside it)') from None
+        target = f' to {link.path}' if isinstance(link, h5py.SoftLink) else ''
+        raise Galaxy10Error(f'{path}: {key!r} is a link{target} that leads nowhere; expected a dataset') from None
     if not isinstance(ds, h5py.Dataset):
-        raise Galaxy10Error(f'{path}: {key!r} is a group, expected a dataset')
+        raise Galaxy10Error(f'{path}: {key!r} is a {type(ds).__name__.lower()}, expected a dataset')
     return ds
+
+
+def _read(ds, selection, path: Path, what: str) -> np.ndarray:
+    """``ds[selection]``, its read errors (damaged chunks, storage that went missing) named by file and dataset."""
+    try:
+        return ds[selection]
+    except OSError as e:
+        outside = f'; its data is stored outside the file, in {os.fsdecode(ds.external[0][0])}' if ds.external else ''
+        raise Galaxy10Error(f'{path}: cannot read {what} of {ds.name.lstrip("/")!r} ({e}){outside}') from None
 
 
 def _detect_variant(images, path: Path) -> Galaxy10Variant:
@@ -172,7 +191,7 @@ def _read_labels(ans, num_images: int, num_classes: int, path: Path) -> np.ndarr
             f'expected one label per image, shape ({num_images},)')
     if ans.dtype.kind not in 'iuf':
         raise Galaxy10Error(f'{path}: {LABELS_KEY!r} has dtype {ans.dtype}; expected integer labels')
-    raw = ans[()]
+    raw = _read(ans, (), path, 'the labels')
     with np.errstate(invalid='ignore'):  # NaN labels are reported below, not warned about here
         labels = raw.astype(np.int64)
     bad = (labels < 0) | (labels >= num_classes)
@@ -187,17 +206,25 @@ def _read_labels(ans, num_images: int, num_classes: int, path: Path) -> np.ndarr
 
 
 def _inspect(path: Path) -> Tuple[Galaxy10Variant, np.ndarray]:
-    """Check keys, shapes, dtypes and label range; returns the variant and the labels (int64). Reads no image."""
+    """Check keys, shapes, dtypes, label range and that the images can be read (the first one is); returns the
+    variant and the labels (int64)."""
     with _open_h5(path) as f:
         images = _dataset(f, IMAGES_KEY, path)
         ans = _dataset(f, LABELS_KEY, path)
         variant = _detect_variant(images, path)
         labels = _read_labels(ans, images.shape[0], len(variant.class_names), path)
+        _read(images, 0, path, 'image 0')  # storage that is missing or damaged shows here, before any work
         for key in METADATA_KEYS:
-            if key in f and tuple(f[key].shape) != (images.shape[0],):
+            column = _metadata_dataset(f, key, path)
+            if column is not None and tuple(column.shape) != (images.shape[0],):
                 raise Galaxy10Error(
-                    f'{path}: {key!r} has shape {tuple(f[key].shape)}; expected ({images.shape[0]},), one per image')
+                    f'{path}: {key!r} has shape {tuple(column.shape)}; expected ({images.shape[0]},), one per image')
     return variant, labels
+
+
+def _metadata_dataset(f, key: str, path: Path):
+    """The optional per-image column ``key`` (None when the file has none), checked as ``_dataset`` checks."""
+    return _dataset(f, key, path) if f.get(key, getlink=True) is not None else None
 
 
 class Galaxy10Dataset(torch.utils.data.Dataset):
@@ -254,7 +281,7 @@ class Galaxy10Dataset(torch.utils.data.Dataset):
             self._file = _import_h5py().File(str(self.path), 'r')
             self._images = self._file[IMAGES_KEY]
             self._pid = os.getpid()
-        return self._images[index]
+        return _read(self._images, index, self.path, f'image {index}')
 
     def __getitem__(self, index: int):
         img = Image.fromarray(self._image_array(int(self.indices[index])))
@@ -316,11 +343,10 @@ def _read_metadata(path: Path, indices: np.ndarray) -> Dict[str, List[str]]:
     columns = {}
     with _open_h5(path) as f:
         for key in METADATA_KEYS:
-            try:
-                # str() of a numpy scalar is its shortest round-trip form for its own dtype (float32 stays short)
-                columns[key] = [str(v) for v in f[key][()][indices]] if key in f else [''] * len(indices)
-            except OSError as e:
-                raise Galaxy10Error(f'{path}: cannot read {key!r} ({e})') from None
+            column = _metadata_dataset(f, key, path)
+            # str() of a numpy scalar is its shortest round-trip form for its own dtype (float32 stays short)
+            columns[key] = [''] * len(indices) if column is None else \
+                [str(v) for v in _read(column, (), path, 'the values')[indices]]
     return columns
 
 
@@ -398,6 +424,12 @@ class PrepareResult:
     num_images: int
     splits: Dict[str, int]
     seconds: float
+    train_classes: Tuple[str, ...] = ()  # the class folders of train/ that hold images: what timm will number
+
+    @property
+    def num_classes(self) -> int:
+        """The classes timm finds in train/ (its ImageFolder skips empty class folders): train.py's --num-classes."""
+        return len(self.train_classes)
 
 
 def prepare_galaxy10(
@@ -439,4 +471,5 @@ def prepare_galaxy10(
     with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite) as tmp_dir:
         counts = _write_tree(
             tmp_dir, h5_path, variant, labels, splits, image_format, workers, chunk_bytes, progress, settings)
-    return PrepareResult(variant, out_dir, len(labels), counts, time.monotonic() - start_time)
+    train_classes = tuple(variant.class_folders[label] for label in np.unique(labels[splits == 'train']))
+    return PrepareResult(variant, out_dir, len(labels), counts, time.monotonic() - start_time, train_classes)
