@@ -6,7 +6,7 @@
 # benchmark. Writes lowdata_gz2_gpu.{json,md} and _curves.png / _shots.png into OUT_DIR.
 #
 #   bash benchmarks/gpu_study.sh DATA_DIR [OUT_DIR] [lowdata.py options]   # on the GPU machine, repository root
-#   bash benchmarks/gpu_study.sh DATA_DIR /tmp/gs --dry-run               # here, on the CPU: every path, tiny
+#   bash benchmarks/gpu_study.sh DATA_DIR out/gs --dry-run                # here, on the CPU: every path, tiny
 #
 # DATA_DIR is an ImageFolder with train/, validation/ and test/ (`timm-astro import gz2-votes SRC OUT` writes one:
 # see benchmarks/README.md). OUT_DIR defaults to $OUT, else benchmarks/results. Runs start until 7 minutes have
