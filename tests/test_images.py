@@ -14,6 +14,7 @@ from image_files import RAMP_16, expected_8bit, fifo_unblocker, write_16bit_png,
 needs_fifo = pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='named pipes (os.mkfifo) are POSIX only')
 needs_symlinks = pytest.mark.skipif(os.name == 'nt', reason='creating symbolic links needs privileges on Windows')
 
+
 # ---- bit depths ---------------------------------------------------------------------------------------------
 
 def test_16bit_greyscale_png_is_scaled_by_its_bit_depth_not_clipped(tmp_path):

@@ -97,7 +97,7 @@ def write_kernel_pictures(
 
 
 def _load_image(path: Path, model: nn.Module) -> Tuple[torch.Tensor, Dict[str, Any]]:
-    """``path`` read as ``evaluate`` and ``predict`` read it (``timm_astro.data.images``), preprocessed for ``model``."""
+    """``path`` read as ``evaluate`` and ``predict`` read it (``timm_astro.data.images``), preprocessed for it."""
     config = resolve_model_data_config(model)
     image = read_image(path, 'L' if config['input_size'][0] == 1 else 'RGB')
     return create_transform(**config, is_training=False)(image), config
