@@ -13,6 +13,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'run': ('run', 'run a timm script (train.py, validate.py, ...) with the models registered'),
     'galaxy10': ('galaxy10', 'turn the published Galaxy10 HDF5 file into an ImageFolder'),
     'import': ('import_images', 'turn your copy of a public set of real galaxy images into an ImageFolder'),
+    'train-votes': ('train_votes', 'train on Galaxy Zoo volunteer votes (Dirichlet-multinomial loss)'),
     'evaluate': ('evaluate', 'per-class metrics, calibration and D4 test-time symmetry on a labelled split'),
     'predict': ('predict', 'classify a folder, a list of paths or an HDF5 catalogue into a CSV'),
     'export': ('export', 'turn a train.py checkpoint into a Hub-ready folder'),

@@ -31,7 +31,7 @@ import torch.nn as nn
 from timm_astro.errors import UserError
 
 __all__ = ['TRAIN_DEFAULTS', 'IGNORED_KEYS', 'mixes', 'train_args', 'train_classifier', 'TrainResult',
-           'read_checkpoint']
+           'read_checkpoint', 'check_resumable', 'check_own_loss_args']
 
 # The train.py options this loop implements, with train.py's own defaults (pytorch-image-models train.py).
 TRAIN_DEFAULTS: Dict[str, Any] = {
@@ -167,6 +167,27 @@ def _comparable(value: Any) -> Any:
     return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
+def check_own_loss_args(args: argparse.Namespace) -> None:
+    """Refuse the options that act on class labels, for a run with its own ``loss_fn`` and targets."""
+    if mixes(vars(args)):
+        raise UserError(f'mixup/cutmix must be 0 with this loss (got mixup={args.mixup}, cutmix={args.cutmix}): '
+                        f'Mixup blends class labels, and this task\'s targets are not class labels')
+    if args.smoothing:
+        raise UserError(f'smoothing must be 0 with this loss (label smoothing acts on class labels), got '
+                        f'{args.smoothing}')
+
+
+def check_resumable(state: Mapping[str, Any], args: argparse.Namespace, source: PathLike) -> None:
+    """Refuse to resume ``state`` (``read_checkpoint``) with other ``args`` than it was trained with: the rest of
+    the run would not be the run that was started (another schedule, another learning rate, ...)."""
+    stored, current = state['args'], vars(args)
+    changed = sorted(k for k in set(stored) | set(current) if _comparable(stored.get(k)) != _comparable(current.get(k)))
+    if changed:
+        shown = ', '.join(f'{k}={stored.get(k)!r} (now {current.get(k)!r})' for k in changed[:4])
+        raise UserError(f'{source}: was written by a run with other settings: {shown}; resume with the same recipe '
+                        f'and options, or start a new run')
+
+
 def train_classifier(
         model: nn.Module,
         dataset,
@@ -218,21 +239,11 @@ def train_classifier(
     from timm.utils import ModelEmaV3, random_seed
     from timm_astro.outputs import atomic_file
 
-    if loss_fn is not None and mixes(vars(args)):
-        raise UserError('mixup/cutmix must be 0 with this loss: Mixup blends class labels, and this task\'s targets '
-                        'are not class labels')
-    if loss_fn is not None and args.smoothing:
-        raise UserError(f'smoothing must be 0 with this loss (label smoothing acts on class labels), got '
-                        f'{args.smoothing}')
+    if loss_fn is not None:
+        check_own_loss_args(args)
     state = read_checkpoint(resume) if resume is not None else None
     if state is not None:
-        stored, current = state['args'], vars(args)
-        changed = sorted(k for k in set(stored) | set(current)
-                         if _comparable(stored.get(k)) != _comparable(current.get(k)))
-        if changed:
-            shown = ', '.join(f'{k}={stored.get(k)!r} (now {current.get(k)!r})' for k in changed[:4])
-            raise UserError(f'{resume}: was written by a run with other settings: {shown}; resume with the same '
-                            f'recipe and options, or start a new run')
+        check_resumable(state, args, resume)
 
     random_seed(args.seed)
     model.to(device)
