@@ -27,7 +27,7 @@ from timm_astro.version import __version__
 
 __all__ = [
     'OUTPUT_MARKER', 'atomic_output_dir', 'atomic_file', 'check_output_location', 'is_own_output', 'output_lock',
-    'remove_stale_partials', 'write_json',
+    'make_parent_folders', 'remove_made_folders', 'remove_stale_partials', 'write_json',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -183,7 +183,23 @@ def _wrap_os_error(e: OSError, out: Path, tmp: Path) -> UserError:
     return UserError(f'{out}: cannot be written{shown}: {describe_os_error(e)}; nothing was left half-written')
 
 
-def _remove_parents(created: List[Path]) -> None:
+def make_parent_folders(out: PathLike) -> List[Path]:
+    """Make the missing folders above ``out``; returns those this call made, deepest first, for
+    ``remove_made_folders`` after a failure. A folder another run makes meanwhile is theirs, not in the list."""
+    created: List[Path] = []
+    for folder in reversed([folder for folder in Path(out).parents if not folder.exists()]):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        except OSError:  # those made so far go too: a failure leaves no empty folders behind
+            remove_made_folders(created)
+            raise
+        created.insert(0, folder)
+    return created
+
+
+def remove_made_folders(created: List[Path]) -> None:
     """Remove the folders made for a failed output (deepest first) that are still empty: a failed write leaves none."""
     for folder in created:
         try:
@@ -201,12 +217,7 @@ def _temporary_beside(out: Path) -> Iterator[Path]:
     created: List[Path] = []  # the folders this run made, deepest first
     done = False
     try:
-        for folder in reversed([folder for folder in out.parents if not folder.exists()]):
-            try:
-                folder.mkdir()
-            except FileExistsError:  # made by another run meanwhile: theirs, not ours to remove
-                continue
-            created.insert(0, folder)
+        created = make_parent_folders(out)
         yield tmp
         done = True
     except OSError as e:
@@ -215,7 +226,7 @@ def _temporary_beside(out: Path) -> Iterator[Path]:
         _remove(tmp)
         _remove(tmp.with_name(tmp.name + OWNER_SUFFIX))
         if not done:
-            _remove_parents(created)
+            remove_made_folders(created)
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -7,6 +7,8 @@ from timm_astro.commands._model_args import (
     add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args)
 from timm_astro.evaluation.predict import open_prediction_inputs, predict_to_csv, read_label_names
 from timm_astro.evaluation.tta import TTA_MODES
+from timm_astro.errors import UserError
+from timm_astro.outputs import check_output_location
 
 PROG = 'timm-astro predict'
 
@@ -34,8 +36,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def run() -> None:
         inputs = open_prediction_inputs(args.input)
-        model = load_model_from_args(args, PROG)
         label_names = read_label_names(args.label_names) if args.label_names else None
+        try:  # before the model loads (minutes, for a large checkpoint): a bad --out is said at once
+            check_output_location(args.out, overwrite=args.overwrite or args.resume, kind='file')
+        except UserError as e:
+            raise type(e)(f'--out {e}') from None
+        model = load_model_from_args(args, PROG)
         summary = predict_to_csv(
             model, inputs, args.out, label_names=label_names,
             data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)), tta=args.tta,

@@ -9,13 +9,19 @@ are 0 for a prediction that no rotation or reflection changes; sort by them to f
 Memory stays constant however long the catalogue: images stream through a DataLoader and rows are appended to a
 partial file beside the output (``.NAME.partial``), renamed into place at the end. After an interruption,
 ``resume=True`` keeps the rows already written and predicts only the rest, so no image is predicted twice and none
-is missed. An image that cannot be read is reported and counted (listed in ``NAME.errors.csv``) and the run goes
-on, or stops at once with ``strict=True``.
+is missed. A resume must continue the same run: the partial file has a record beside it (``.NAME.partial.json``:
+the input's absolute path and a digest of its image list, the model and a digest of its weights, the TTA, label
+names and data config), and a resume whose record differs is refused, saying what differs. One run writes an output
+at a time (``timm_astro.outputs.output_lock``). Rows are written and read back with the csv module only, so a file
+name holding a line break (legal on Linux) stays one record. An image that cannot be read is reported and counted
+(listed in ``NAME.errors.csv``) and the run goes on, or stops at once with ``strict=True``.
 """
 import csv
+import hashlib
+import io
+import json
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +33,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from timm_astro.data.images import read_image
-from timm_astro.errors import OutputExistsError, UserError
+from timm_astro.errors import OutputExistsError, UserError, describe_os_error
 from timm_astro.evaluation.evaluate import H5_SUFFIXES
 from timm_astro.evaluation.metrics import predictive_entropy
 from timm_astro.evaluation.tta import TTA_MODES, view_probabilities
-from timm_astro.outputs import atomic_file, check_output_location, write_json
+from timm_astro.outputs import (
+    atomic_file, check_output_location, make_parent_folders, output_lock, remove_made_folders, write_json)
+from timm_astro.version import __version__
 
 __all__ = ['PredictionInputs', 'open_prediction_inputs', 'predict_to_csv', 'PredictSummary', 'read_label_names']
 
@@ -103,21 +111,30 @@ def open_prediction_inputs(source: PathLike) -> PredictionInputs:
 
 
 def read_label_names(value: str) -> List[str]:
-    """Label names from a JSON list file (``class_names.json``), a text file (one a line) or 'a,b,c'."""
-    import json
+    """Label names from a JSON list file (``class_names.json``), a UTF-8 text file (one a line) or 'a,b,c'."""
     path = Path(value)
-    if path.is_file():
+    if path.is_dir():
+        raise UserError(f'{path}: is a folder; expected a JSON list file (class_names.json), a text file with one name '
+                        f'a line, or names separated by commas')
+    if not path.is_file():
+        if ',' not in value and (os.sep in value or path.suffix.lower() in ('.json',) + LIST_SUFFIXES):
+            raise UserError(f'{path}: no such file; expected a JSON list file, a text file with one name a line, or '
+                            f'names separated by commas')
+        return [name.strip() for name in value.split(',') if name.strip()]
+    try:
         text = path.read_text(encoding='utf-8')
-        if path.suffix.lower() == '.json':
-            try:
-                names = json.loads(text)
-            except ValueError as e:
-                raise UserError(f'{path}: not valid JSON ({e}); expected a list of class names') from None
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise UserError(f'{path}: expected a JSON list of class names')
-            return names
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    return [name.strip() for name in value.split(',') if name.strip()]
+    except UnicodeDecodeError as e:
+        raise UserError(f'{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); expected a '
+                        f'UTF-8 file of class names') from None
+    if path.suffix.lower() == '.json':
+        try:
+            names = json.loads(text)
+        except ValueError as e:
+            raise UserError(f'{path}: not valid JSON ({e}); expected a list of class names') from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UserError(f'{path}: expected a JSON list of class names')
+        return names
+    return [line.strip() for line in text.split('\n') if line.strip()]
 
 
 def _collate(items):
@@ -127,23 +144,193 @@ def _collate(items):
     return (torch.stack(images) if images else None), ok, failed
 
 
+COMMAND = 'timm-astro predict'
+
+
 def _partial_paths(out: Path) -> Tuple[Path, Path]:
+    """The partial CSV beside ``out`` and the record of the run that writes it (``.NAME.partial.json``)."""
     partial = out.with_name(f'.{out.name}.partial')
-    return partial, partial.with_name(partial.name + '.owner')
+    return partial, partial.with_name(partial.name + '.json')
+
+
+def _remove_partial(partial: Path, record: Path) -> None:
+    for path in (partial, record, partial.with_name(partial.name + '.owner')):  # .owner: left by earlier versions
+        path.unlink(missing_ok=True)
+
+
+def _weights_sha256(model: nn.Module) -> str:
+    """A digest of every tensor of the state dict (names, dtypes, shapes, bytes): the model's identity in a record."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):  # a module's extra state
+            digest.update(f'{name} {value!r}\n'.encode())
+            continue
+        value = value.detach().cpu().contiguous()
+        digest.update(f'{name} {value.dtype} {tuple(value.shape)}\n'.encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _run_record(model: nn.Module, inputs: PredictionInputs, label_names: Sequence[str], tta: str,
+                config: Dict[str, Any], header: List[str]) -> Dict[str, Any]:
+    """What decides the rows of a prediction: which images, which model and weights, which options. A resume must
+    find the same, or it would append another run's rows to this one's (two folders with the same file names)."""
+    ids = '\0'.join(inputs.ids).encode('utf-8', 'surrogateescape')
+    return {
+        'created_by': COMMAND, 'version': __version__,
+        'input': str(Path(inputs.source).resolve()), 'images': len(inputs.ids),
+        'images_sha256': hashlib.sha256(ids).hexdigest(),
+        'model': (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__,
+        'weights_sha256': _weights_sha256(model),
+        'tta': tta, 'label_names': list(label_names),
+        'data_config': json.loads(json.dumps({k: v for k, v in sorted(config.items())}, default=str)),
+        'columns': header,
+    }
+
+
+def _short(value: Any) -> str:
+    return f'{value[:12]}...' if isinstance(value, str) and len(value) == 64 else json.dumps(value)
+
+
+def _record_difference(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str]:
+    """How the interrupted run ``old`` differs from this one, in words; None if it is the same run."""
+    if old.get('input') != new['input']:
+        return f'read other images ({old.get("input")} there, {new["input"]} now)'
+    if old.get('images_sha256') != new['images_sha256']:
+        if old.get('images') != new['images']:
+            return f'read another list of images ({old.get("images")} images there, {new["images"]} now)'
+        return f'read another list of images (as many, {new["images"]}, with other names or order)'
+    if old.get('model') != new['model']:
+        return f'used another model ({old.get("model")} there, {new["model"]} now)'
+    if old.get('weights_sha256') != new['weights_sha256']:
+        return (f'used other weights (sha256 {_short(old.get("weights_sha256"))} there, '
+                f'{_short(new["weights_sha256"])} now)')
+    if old.get('tta') != new['tta']:
+        return f'used another --tta ({old.get("tta")} there, {new["tta"]} now)'
+    if old.get('label_names') != new['label_names']:
+        return f'used other label names ({_short(old.get("label_names"))} there, {_short(new["label_names"])} now)'
+    old_config = old.get('data_config') or {}
+    changed = [key for key in sorted(set(old_config) | set(new['data_config']))
+               if old_config.get(key) != new['data_config'].get(key)]
+    if changed:
+        return 'used another preprocessing ({})'.format('; '.join(
+            f'{key} {_short(old_config.get(key))} there, {_short(new["data_config"].get(key))} now' for key in changed))
+    if old.get('columns') != new['columns']:
+        return 'wrote other columns'
+    return None
+
+
+def _complete_records(partial: Path) -> Iterator[str]:
+    """The complete CSV records of ``partial``, each with its line breaks; a last record cut off mid-write (a kill,
+    a full disk) is dropped from the file. A line break inside quotes (a file name may hold one) belongs to its
+    record: a record ends at a newline after an even number of quote characters, as the csv module writes them."""
+    with open(partial, 'rb+') as f:
+        pending: List[bytes] = []
+        quotes = end = offset = 0
+        for line in f:  # a binary file splits at b'\n' only, never at '\r', U+2028 or NEL
+            offset += len(line)
+            pending.append(line)
+            quotes += line.count(b'"')
+            if line.endswith(b'\n') and quotes % 2 == 0:
+                yield b''.join(pending).decode('utf-8', 'surrogateescape')
+                pending, quotes, end = [], 0, offset
+        if end != offset:
+            f.truncate(end)
 
 
 def _read_partial(partial: Path, header: List[str]) -> List[str]:
-    """Ids already written to ``partial``; a last line cut off mid-write is dropped from the file first."""
-    with open(partial, 'rb+') as f:
-        data = f.read()
-        complete = data[:data.rfind(b'\n') + 1]
-        if len(complete) != len(data):
-            f.truncate(len(complete))
-    rows = list(csv.reader(complete.decode('utf-8').splitlines()))
-    if not rows or rows[0] != header:
-        raise UserError(f'{partial}: written with other columns (another model, label names or --tta?); pass '
-                        f'--overwrite to start again')
-    return [row[0] for row in rows[1:]]
+    """Ids already written to ``partial`` (an empty one, killed before its header was written, has none)."""
+    ids: List[str] = []
+    for number, row in enumerate(csv.reader(_complete_records(partial))):
+        if number == 0 and row != header:
+            raise UserError(f'{partial}: its first line is not the header this run writes; the file was changed. '
+                            f'Pass --overwrite to start again')
+        if number and len(row) != len(header):
+            raise UserError(f'{partial}: record {number + 1} has {len(row)} fields, expected {len(header)}; the file '
+                            f'was changed. Pass --overwrite to start again')
+        if number:
+            ids.append(row[0])
+    return ids
+
+
+def _read_record(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        value = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _finished_differs(out: Path, header: List[str], ids: Sequence[str]) -> str:
+    """What ``out`` (a finished CSV) is, next to what this run would write: for the refusal of a --resume."""
+    try:
+        with open(out, newline='', encoding='utf-8', errors='surrogateescape') as f:
+            reader = csv.reader(f)
+            written_header = next(reader, None)
+            written = {row[0] for row in reader if row}
+    except (OSError, csv.Error):
+        return 'is not a prediction CSV'
+    if written_header != header:
+        return 'is a finished prediction with other columns'
+    if written != set(ids):
+        return f'is a finished prediction of other images ({len(written)} there, {len(set(ids))} now)'
+    return 'is already finished (with images of the same names)'
+
+
+def _start_or_resume(out: Path, record: Dict[str, Any], ids: Sequence[str], resume: bool, overwrite: bool) -> set:
+    """Make ready the partial file for this run, under the output lock; returns the ids it already holds."""
+    partial, record_path = _partial_paths(out)
+    if not partial.exists():
+        record_path.unlink(missing_ok=True)  # a run killed between renaming its partial and removing its record
+        if resume and out.exists():
+            raise OutputExistsError(f'{out}: {_finished_differs(out, record["columns"], ids)}; --resume continues '
+                                    f'only an interrupted run: pass --overwrite to predict again')
+    elif resume:
+        old = _read_record(record_path)
+        if old is None:
+            raise UserError(f'{partial}: has no readable record of the run that wrote it ({record_path.name}), so it '
+                            f'cannot be shown to continue this one; pass --overwrite to start again')
+        difference = _record_difference(old, record)
+        if difference:
+            raise UserError(f'{out}: the interrupted run kept in {partial} {difference}; resume it with its own '
+                            f'command, or pass --overwrite to start again')
+        return set(_read_partial(partial, record['columns']))
+    elif overwrite:
+        _remove_partial(partial, record_path)
+    else:
+        raise OutputExistsError(f'{partial}: an interrupted run of this prediction is there; pass --resume to '
+                                f'continue it, or --overwrite to start again')
+    tmp = record_path.with_name(record_path.name + '.tmp')  # the record first, then the partial: never one without
+    write_json(tmp, record)
+    os.replace(tmp, record_path)
+    return set()
+
+
+def _check_model_runs(model: nn.Module, input_size: Sequence[int], device: Union[str, torch.device]) -> None:
+    """One forward pass on a blank image, so that a size the model refuses is said before any file is made."""
+    try:
+        model(torch.zeros((1, *input_size), device=device))
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (ValueError, RuntimeError, AssertionError, TypeError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f'input size {"x".join(map(str, input_size))} does not fit the model: {detail}') from None
+
+
+def _csv_text(rows: Sequence[Sequence[str]]) -> str:
+    """``rows`` as CSV records ending in '\\n'. The csv module quotes a field holding '\\n' or a quote, but with this
+    line end not one holding a lone '\\r', which every CSV reader takes for a line end: a row with a '\\r' anywhere
+    (a file name may hold one) is written with every field quoted. Readers see the same cells either way."""
+    text = io.StringIO()
+    minimal = csv.writer(text, lineterminator='\n')
+    quote_all = csv.writer(text, lineterminator='\n', quoting=csv.QUOTE_ALL)
+    for row in rows:
+        (quote_all if any('\r' in str(cell) for cell in row) else minimal).writerow(row)
+    return text.getvalue()
+
+
+class _WriteFailed(Exception):
+    """An OSError while appending to the partial file (a full disk), told apart from one while reading images."""
 
 
 @dataclass
@@ -201,7 +388,11 @@ def predict_to_csv(
         progress: bool = True,
         log: Callable[[str], None] = print,
 ) -> PredictSummary:
-    """Predict every image of ``inputs`` into the CSV ``out`` (see the module docstring for its columns)."""
+    """Predict every image of ``inputs`` into the CSV ``out`` (see the module docstring for its columns).
+
+    Everything that can be refused is checked before any file is made: the arguments, the output location, and that
+    the model runs at the input size. A second run on the same ``out`` while one writes it fails at once.
+    """
     from timm.data import create_transform, resolve_model_data_config
     if tta not in TTA_MODES:
         raise UserError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
@@ -218,63 +409,92 @@ def predict_to_csv(
         raise UserError(f'{len(label_names)} label names for a model that predicts {num_classes} classes')
     if len(set(label_names)) != len(label_names):
         raise UserError('the label names repeat; each class needs its own probability column')
-    out = Path(out)
-    partial, owner = _partial_paths(out)
+    out = check_output_location(out, overwrite=overwrite or resume, kind='file')
     header = _header(list(inputs.id_columns), label_names, tta)
-    if partial.exists() and not resume and not overwrite:
-        raise OutputExistsError(f'{partial}: an interrupted run of this prediction is there; pass --resume to '
-                                f'continue it, or --overwrite to start again')
-    check_output_location(out, overwrite=overwrite or resume, kind='file')
-    done: set = set()
-    if resume and partial.exists():
-        done = set(_read_partial(partial, header))
-    elif partial.exists():
-        partial.unlink()
-    todo = [i for i, item in enumerate(inputs.ids) if item not in done]
 
     config = resolve_model_data_config(model)
     config.update(data_config or {})
     inputs.transform = create_transform(**{k: v for k, v in config.items() if k != 'first_conv'}, is_training=False)
+    model = model.to(device).eval()
+    _check_model_runs(model, config['input_size'], device)
+    record = _run_record(model, inputs, label_names, tta, config, header)
+
+    partial = _partial_paths(out)[0]
+    try:
+        made = make_parent_folders(out)
+    except OSError as e:
+        raise UserError(f'{out}: cannot be written: {describe_os_error(e)}') from None
+    try:
+        with output_lock(out, COMMAND):
+            done = _start_or_resume(out, record, inputs.ids, resume, overwrite)
+            return _predict_rows(model, inputs, out, done, header, label_names, tta, batch_size, workers, device,
+                                 strict, progress, log)
+    finally:
+        if not partial.exists() and not out.exists():  # nothing kept: no folder made for it either
+            remove_made_folders(made)
+
+
+def _predict_rows(model: nn.Module, inputs: PredictionInputs, out: Path, done: set, header: List[str],
+                  label_names: Sequence[str], tta: str, batch_size: int, workers: int,
+                  device: Union[str, torch.device], strict: bool, progress: bool,
+                  log: Callable[[str], None]) -> PredictSummary:
+    """Append the rows of the images not in ``done`` to the partial file, then rename it to ``out``."""
+    partial, record_path = _partial_paths(out)
+    todo = [i for i, item in enumerate(inputs.ids) if item not in done]
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(inputs, todo), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
         persistent_workers=False)
-    model = model.to(device).eval()
     errors: List[Tuple[str, str]] = []
     predicted = 0
-    write_json(owner, {'host': socket.gethostname(), 'pid': os.getpid()})
     start = time.perf_counter()
     try:
-        with open(partial, 'a', newline='', encoding='utf-8') as f:
-            writer = csv.writer(f, lineterminator='\n')
-            if f.tell() == 0:
-                writer.writerow(header)
+        # unbuffered: each batch goes to the file whole or fails there, and closing has nothing left to write
+        with open(partial, 'ab', buffering=0) as f:
+
+            def write(rows: List[List[str]]) -> None:
+                try:
+                    data = memoryview(_csv_text(rows).encode('utf-8', 'surrogateescape'))
+                    while data:
+                        data = data[f.write(data):]
+                except OSError as e:
+                    raise _WriteFailed(e) from e
+
+            if f.tell() == 0:  # new, or left empty by a run killed before its first batch
+                write([header])
             with tqdm(total=len(todo), unit='img', desc='predict', disable=None if progress else True) as bar:
                 for images, positions, failed in loader:
                     for position, error in failed:
                         if strict:
                             raise UserError(f'{inputs.ids[position]}: cannot be read ({error}); stopped (--strict). '
-                                            f'{predicted} predictions so far are kept in {partial} for --resume')
+                                            f'{predicted + len(done)} predictions so far are kept in {partial} for '
+                                            f'--resume')
                         errors.append((inputs.ids[position], error))
                     if images is not None:
                         probs = view_probabilities(model, images.to(device), tta)
-                        for position, cells in zip(positions, _rows(probs.cpu(), label_names)):
-                            writer.writerow([inputs.id_columns[c][position] for c in inputs.id_columns] + cells)
+                        write([[inputs.id_columns[c][position] for c in inputs.id_columns] + cells
+                               for position, cells in zip(positions, _rows(probs.cpu(), label_names))])
                         predicted += len(positions)
-                    f.flush()
                     bar.update(len(positions) + len(failed))
     except KeyboardInterrupt as e:  # the partial file is kept on purpose: say where, and how to go on
         raise KeyboardInterrupt(
             f'{predicted + len(done)} predictions so far are kept in {partial}; run the same command with --resume '
             f'to continue, or --overwrite to start again') from e
+    except _WriteFailed as e:
+        what = describe_os_error(e.args[0]).split('; ')[0]  # what went wrong; the remedy here is --resume
+        raise UserError(f'{out}: cannot be written: {what}; {predicted + len(done)} predictions so far are kept in '
+                        f'{partial}: run the same command with --resume to continue') from None
     seconds = time.perf_counter() - start
-    if errors:
-        with atomic_file(out.with_name(out.stem + '.errors.csv'), newline='') as f:
-            csv.writer(f, lineterminator='\n').writerows([['id', 'error'], *errors])
-        log(f'{len(errors)} image(s) could not be read and were skipped: see {out.stem}.errors.csv')
     if predicted + len(done) == 0:
-        partial.unlink()
-        owner.unlink()
+        _remove_partial(partial, record_path)
         raise UserError(f'{inputs.source}: none of the {len(inputs)} images could be read; nothing was written')
-    os.replace(partial, out)
-    owner.unlink()
+    errors_path = out.with_name(out.stem + '.errors.csv')
+    if errors:  # the list of unreadable images is renamed into place with the CSV, an earlier one removed with it
+        with atomic_file(errors_path, newline='') as f:
+            f.write(_csv_text([['id', 'error'], *errors]))
+            os.replace(partial, out)
+        log(f'{len(errors)} image(s) could not be read and were skipped: see {errors_path.name}')
+    else:
+        os.replace(partial, out)
+        errors_path.unlink(missing_ok=True)
+    _remove_partial(partial, record_path)
     return PredictSummary(out, predicted, len(done), len(errors), seconds)
