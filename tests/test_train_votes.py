@@ -140,3 +140,10 @@ def test_a_folder_that_is_not_a_vote_set_is_refused(tmp_path: Path, capsys):
 def test_trains_on_cuda(vote_set: Path, tmp_path: Path):
     assert _train(vote_set, tmp_path / 'cuda', '--device', 'cuda') == 0
     assert is_votes_model(load_votes_model(f'local-dir:{tmp_path / "cuda" / "model"}'))
+
+
+def test_a_vote_set_that_names_no_tree_needs_tree(tmp_path: Path, capsys):
+    data = write_vote_set(tmp_path / 'votes', per_split=(4, 2, 0))
+    (data / 'dataset.json').write_text(json.dumps({'kind': 'votes'}))
+    assert _train(data, tmp_path / 'run') == 2
+    assert 'dataset.json: names no "tree"; give the decision tree with --tree' in capsys.readouterr().err

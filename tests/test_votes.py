@@ -353,3 +353,13 @@ def test_calibration_bins_and_plot(tmp_path: Path):
     path = tmp_path / 'calibration.png'
     plot_vote_calibration(rng.uniform(0, 1, (30, tree.n_answers)), counts, tree, path)
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_a_votes_export_needs_one_output_per_answer(tmp_path: Path):
+    import timm
+    from timm_astro.votes_model import export_votes_model, is_votes_model
+    model = timm.create_model('astroformer_small', num_classes=10)
+    assert not is_votes_model(model)
+    with pytest.raises(UserError, match='the model has 10 outputs but the gz2 tree has 28 answers'):
+        export_votes_model(model, tmp_path / 'export', load_tree('gz2'))
+    assert not any(tmp_path.iterdir()), 'nothing is written for a refused export'

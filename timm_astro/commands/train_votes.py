@@ -129,7 +129,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError(f'--workers must be at least 0, got {args.workers}')
     device = _device(args.device)
     info = read_vote_set_info(args.data)
-    tree = load_tree(args.tree if args.tree is not None else info.get('tree') or 'gz2')
+    if args.tree is None and not info.get('tree'):
+        raise UserError(f'{Path(args.data) / "dataset.json"}: names no "tree"; give the decision tree with --tree '
+                        f'(a shipped name or a JSON file)')
+    tree = load_tree(args.tree if args.tree is not None else info['tree'])
     if recipe.get('num_classes') not in (None, tree.n_answers):
         raise UserError(f"the recipe has num_classes={recipe['num_classes']}, but the {tree.name} tree has "
                         f"{tree.n_answers} answers (one output each); remove num_classes or set it to "
