@@ -205,3 +205,123 @@ def test_a_failure_midway_leaves_nothing(galaxy10_sample, tmp_path, monkeypatch)
     with pytest.raises(UserError, match='no space left'):
         import_images('galaxy10-decals-sample', galaxy10_sample, tmp_path / 'out')
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ---- issue 29: a manifest's paths stay inside the source; damaged, partial and misplaced inputs ------------------
+
+def _gz2_copy(gz2_sample: Path, tmp_path: Path, filepath: str = None, bom: bool = False) -> Path:
+    """A copy of the GZ2 stand-in whose first manifest row names ``filepath`` (and, with ``bom``, a UTF-8 BOM)."""
+    import shutil
+    repo = tmp_path / 'gz2'
+    shutil.copytree(gz2_sample, repo)
+    manifest = repo / 'data' / 'labels' / 'labels_manifest_1000.csv'
+    text = manifest.read_text(encoding='utf-8')
+    if filepath is not None:
+        lines = text.splitlines()
+        lines[1] = lines[1].replace('data/labels/thumbs/1000.jpg', filepath)
+        text = '\n'.join(lines) + '\n'
+    if bom:  # as a spreadsheet saves it, with the label column first: the BOM would stick to its name
+        rows = list(csv.DictReader(text.splitlines()))
+        with open(manifest, 'w', newline='', encoding='utf-8-sig') as f:
+            writer = csv.DictWriter(f, fieldnames=['derived_label'] + [c for c in rows[0] if c != 'derived_label'])
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        manifest.write_text(text, encoding='utf-8')
+    return repo
+
+
+@pytest.mark.parametrize('case', ['dot-dot', 'absolute', 'symlink'])
+def test_a_manifest_path_out_of_the_source_is_refused(case, gz2_sample, tmp_path, capsys):
+    secret = tmp_path / 'secret.jpg'
+    secret.write_bytes(_image_bytes(99))  # an image, so only the path can be what is refused
+    if case == 'dot-dot':
+        repo = _gz2_copy(gz2_sample, tmp_path, filepath='../' * 8 + str(secret).lstrip('/'))
+    elif case == 'absolute':
+        repo = _gz2_copy(gz2_sample, tmp_path, filepath=str(secret))
+    else:
+        repo = _gz2_copy(gz2_sample, tmp_path, filepath='data/labels/thumbs/link.jpg')
+        (repo / 'data' / 'labels' / 'thumbs' / 'link.jpg').symlink_to(secret)
+    out = tmp_path / 'out'
+    assert main(['gz2-sample', str(repo), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert 'labels_manifest_1000.csv, line 2 (objid 587000)' in err and err.count('\n') == 1, err
+    assert ('leaves the source folder' if case != 'symlink' else 'outside the source folder') in err, err
+    assert not out.exists()
+
+
+def test_resolve_inside_keeps_paths_in_the_root(tmp_path):
+    from timm_astro.data.paths import resolve_inside
+    (tmp_path / 'a').mkdir()
+    assert resolve_inside(tmp_path, 'a/b.jpg', 'row 1') == (tmp_path / 'a' / 'b.jpg').resolve()
+    assert resolve_inside(tmp_path, 'a\\b.jpg', 'row 1') == (tmp_path / 'a' / 'b.jpg').resolve()  # Windows CSV
+    for bad in ('', '../x.jpg', 'a/../../x.jpg', '/etc/hostname', '..\\..\\x.jpg'):
+        with pytest.raises(UserError, match='row 7: '):
+            resolve_inside(tmp_path, bad, 'row 7')
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_reads(gz2_sample, tmp_path):
+    repo = _gz2_copy(gz2_sample, tmp_path, bom=True)
+    assert sum(import_images('gz2-sample', repo, tmp_path / 'out').splits.values()) == 4 * PER_CLASS
+
+
+def test_a_damaged_zip_member_is_named(first_zip, tmp_path, capsys):
+    damaged = tmp_path / 'galaxy_data.zip'
+    data = bytearray(first_zip.read_bytes())
+    with zipfile.ZipFile(first_zip) as archive:
+        member = next(i for i in archive.infolist() if i.filename.startswith('galaxy_data/train/'))
+    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
+    data[start + 40] ^= 0xFF  # stored (not deflated): a flipped byte only the CRC-32 notices
+    damaged.write_bytes(bytes(data))
+    out = tmp_path / 'out'
+    assert main(['first', str(damaged), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f'member {member.filename} is damaged (Bad CRC-32' in err and err.count('\n') == 1, err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if '.partial-' in p.name]
+
+
+def test_a_partial_copy_reports_and_writes_the_classes_it_has(galaxy10_sample, tmp_path, capsys):
+    import shutil
+    src = tmp_path / 'partial'
+    kept = [GALAXY10_DECALS_CLASSES[i].replace(' ', '_').replace('-', '_') for i in (3, 7)]
+    for name in kept:
+        shutil.copytree(galaxy10_sample / name, src / name)
+    out = tmp_path / 'out'
+    assert main(['galaxy10-decals-sample', str(src), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert '20 images, 2 classes (of 10: SRC has no images of the others' in printed, printed
+    names = [GALAXY10_DECALS_CLASSES[3], GALAXY10_DECALS_CLASSES[7]]
+    assert json.loads((out / 'class_names.json').read_text()) == names
+    info = json.loads((out / 'dataset.json').read_text())
+    assert info['num_classes'] == 2 and [c['name'] for c in info['classes']] == names
+    from timm.data import create_dataset
+    rows = _manifest(out)
+    dataset = create_dataset('', root=str(out), split='train')
+    label_of = {r['file']: int(r['label']) for r in rows if r['split'] == 'train'}
+    assert {Path(p).relative_to(out).as_posix(): t for p, t in dataset.reader.samples} == label_of
+    assert all(names[int(r['label'])] == r['class_name'] for r in rows)
+
+
+def test_a_file_that_is_not_an_image_is_refused(galaxy10_sample, tmp_path, capsys):
+    import shutil
+    src = tmp_path / 'src'
+    shutil.copytree(galaxy10_sample, src)
+    fake = next((src / 'Merging_Galaxies').glob('*.jpg'))
+    fake.write_text('not a jpeg\n')
+    out = tmp_path / 'out'
+    assert main(['galaxy10-decals-sample', str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f'Merging_Galaxies/{fake.name} does not decode as an image' in err and err.count('\n') == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('where', ['out inside src', 'src inside out'])
+def test_output_and_source_must_not_nest(where, galaxy10_sample, tmp_path, capsys):
+    import shutil
+    src = tmp_path / 'src'
+    shutil.copytree(galaxy10_sample, src)
+    out = src / 'imported' if where == 'out inside src' else tmp_path
+    assert main(['galaxy10-decals-sample', str(src), str(out), '--overwrite']) == 2
+    err = capsys.readouterr().err
+    assert ('is inside the source' if where == 'out inside src' else 'contains the source') in err, err
+    assert sorted(p.name for p in src.iterdir()) == sorted(p.name for p in galaxy10_sample.iterdir())

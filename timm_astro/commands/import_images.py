@@ -34,8 +34,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.source, args.src, args.out_dir, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
             seed=args.seed, split=args.split, overwrite=args.overwrite)
         counts = ', '.join(f'{split} {n}' for split, n in result.splits.items())
-        print(f'{result.source.title}: {sum(result.splits.values())} images, {len(result.source.class_names)} '
-              f'classes -> {result.out_dir} ({counts})')
+        total = len(result.source.class_names)
+        found = len(result.class_names)
+        of = f' (of {total}: SRC has no images of the others; timm numbers these {found} 0-{found - 1})' \
+            if found < total else ''
+        print(f'{result.source.title}: {sum(result.splits.values())} images, {found} classes{of} -> {result.out_dir} '
+              f'({counts})')
         if result.unclassified:
             print(f'{result.unclassified} of them meet no class: kept for the vote benchmark under '
                   f'{result.source.unlabelled_folder}/<split>/, not in the class folders')

@@ -27,21 +27,25 @@ Sources (none states a licence for its images: keep them out of version control 
   train / valid / test split.
 """
 import csv
+import io
 import os
 import re
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from timm_astro.data.galaxy10 import GALAXY10_DECALS_CLASSES, class_folder_name
 from timm_astro.data.galaxy_zoo import (
     GZ2_CLASSES as GZ2_VOTE_CLASSES, GZ2_COUNT_COLUMNS, GZ2_FRACTIONS, UNCLASSIFIED_FOLDER, read_gz2_votes)
 from timm_astro.data.image_folder import write_dataset_files
 from timm_astro.data.mirabest import MIRABEST_CLASSES, MIRABEST_COLUMNS, find_mirabest
+from timm_astro.data.paths import resolve_inside
 from timm_astro.data.splits import stratified_split
 from timm_astro.errors import UserError
 from timm_astro.outputs import atomic_output_dir, check_output_location
@@ -123,20 +127,25 @@ def _find_gz2_sample(src: Path) -> List[SourceImage]:
     # the manifest names files relative to the repository root (data/labels/thumbs/<asset_id>.jpg)
     repo_root = manifest.parents[2] if manifest.parent.name == 'labels' and manifest.parent.parent.name == 'data' \
         else manifest.parent
-    with open(manifest, newline='', encoding='utf-8') as f:
-        rows = list(csv.DictReader(f))
+    try:  # utf-8-sig: a manifest saved by a spreadsheet starts with a byte-order mark, which is not a column name
+        with open(manifest, newline='', encoding='utf-8-sig') as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f'{manifest}: not a UTF-8 CSV file ({e}); expected the labels manifest of that repository') \
+            from None
     missing = [c for c in ('derived_label', 'filepath') if rows and c not in rows[0]]
     if not rows or missing:
         raise UserError(f'{manifest}: expected columns derived_label and filepath (missing: {missing or "all rows"})')
     images = []
-    for row in rows:
-        name = row['derived_label'].strip()
+    for line, row in enumerate(rows, start=2):
+        name = (row['derived_label'] or '').strip()
         if name not in GZ2_CLASSES:
             raise UserError(f"{manifest}: derived_label {name!r} (objid {row.get('objid')}) is not one of "
                             f"{', '.join(GZ2_CLASSES)}")
-        path = repo_root / row['filepath']
+        where = f"{manifest}, line {line} (objid {row.get('objid')})"
+        path = resolve_inside(repo_root, row['filepath'] or '', where)
         if not path.is_file():
-            path = manifest.parent / 'thumbs' / Path(row['filepath']).name
+            path = resolve_inside(manifest.parent, f"thumbs/{Path(row['filepath']).name}", where)
         if not path.is_file():
             raise UserError(f'{manifest}: names {row["filepath"]}, which is not in the copy at {src}')
         images.append(SourceImage(
@@ -177,8 +186,11 @@ def _find_first(src: Path) -> List[SourceImage]:
 
         def reader(name: str) -> Callable[[], bytes]:
             def read() -> bytes:
-                with zipfile.ZipFile(src) as archive:
-                    return archive.read(name)
+                try:
+                    with zipfile.ZipFile(src) as archive:
+                        return archive.read(name)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a damaged member: Bad CRC-32, ...
+                    raise UserError(f'{src}: member {name} is damaged ({e}); download the zip again') from None
             return read
         entries = [(name, reader(name)) for name in names]
     else:
@@ -254,6 +266,8 @@ class ImportResult:
     out_dir: Path
     splits: Dict[str, int]
     unclassified: int = 0  # images in no class (label -1), kept under the source's unlabelled_folder
+    class_names: Tuple[str, ...] = ()  # the classes that hold images, in timm's order (fewer than the source's in a
+    # partial copy)
 
 
 def import_images(
@@ -285,6 +299,7 @@ def import_images(
     val_fraction = spec.fractions[0] if val_fraction is None else val_fraction
     test_fraction = spec.fractions[1] if test_fraction is None else test_fraction
     stratified_split([0, 0, 0], val_fraction, test_fraction, seed)  # checks the split arguments before any work
+    _check_apart(Path(src), Path(out_dir))
     check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY)
     images = find_source_images(source, src)
     names = Counter((image.label, image.file_name) for image in images)
@@ -298,25 +313,62 @@ def import_images(
     else:
         splits = stratified_split(labels, val_fraction, test_fraction, seed, keys=[i.split_key or i.source_file for i in images])
         settings = {'split': 'stratified', 'val_fraction': val_fraction, 'test_fraction': test_fraction, 'seed': seed}
+    # a partial copy: timm numbers the class folders that hold images, so the class files list those, in that order,
+    # and the manifest's label is that number (the source's own id stays in the folder name)
+    present = sorted({int(label) for label in labels if label >= 0})
+    index = {label: i for i, label in enumerate(present)}
+    class_names = [spec.class_names[label] for label in present]
+    class_folders = [spec.class_folders[label] for label in present]
     columns = MANIFEST_COLUMNS + spec.extra_columns
     with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite) as tmp:
         rows = []
         for image, image_split in zip(images, splits):
             rel = (f'{image_split}/{spec.class_folders[image.label]}/{image.file_name}' if image.label >= 0
                    else f'{spec.unlabelled_folder}/{image_split}/{image.file_name}')
+            data = image.read()
+            _check_image(data, image.file_name, src, image.source_file)
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_bytes(image.read())
-            rows.append([rel, image_split, image.label, spec.class_names[image.label] if image.label >= 0 else '',
-                         image.source_file]
+            (tmp / rel).write_bytes(data)
+            rows.append([rel, image_split, index.get(image.label, -1),
+                         spec.class_names[image.label] if image.label >= 0 else '', image.source_file]
                         + [image.columns.get(c, '') for c in spec.extra_columns])
-        counts = write_dataset_files(tmp, columns, rows, spec.class_names, spec.class_folders, labels, splits, {
+        timm_labels = np.array([index.get(int(label), -1) for label in labels])
+        counts = write_dataset_files(tmp, columns, rows, class_names, class_folders, timm_labels, splits, {
             'created_by': CREATED_BY,
             'source': spec.key,
             'title': spec.title,
             'num_images': len(images),
-            'num_classes': len(spec.class_names),
+            'num_classes': len(class_names),
+            **({'missing_classes': [n for n in spec.class_names if n not in class_names]}
+               if len(class_names) < len(spec.class_names) else {}),
             **({'unclassified': int((labels < 0).sum())} if spec.unlabelled_folder else {}),
             **spec.info,
             **settings,
         })
-    return ImportResult(spec, Path(out_dir), counts, int((labels < 0).sum()))
+    return ImportResult(spec, Path(out_dir), counts, int((labels < 0).sum()), tuple(class_names))
+
+
+# what PIL can check; other formats (FITS) are the source reader's business
+PIL_SUFFIXES = ('.png', '.jpg', '.jpeg')
+
+
+def _check_image(data: bytes, file_name: str, src: PathLike, source_file: str) -> None:
+    """Refuse a file that is named like an image but does not decode as one (a text file, a truncated copy)."""
+    if not file_name.lower().endswith(PIL_SUFFIXES):
+        return
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decodes every pixel: verify() alone passes a JPEG cut short
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f'{src}: {source_file} does not decode as an image ({e}); expected a {Path(file_name).suffix} '
+                        f'image of the source') from None
+
+
+def _check_apart(src: Path, out_dir: Path) -> None:
+    """OUT_DIR inside SRC would be read back as source images (on --overwrite); SRC inside OUT_DIR would be
+    deleted with it."""
+    src_abs, out_abs = src.resolve(), out_dir.resolve()
+    if src_abs.is_dir() and out_abs.is_relative_to(src_abs):
+        raise UserError(f'{out_dir}: is inside the source {src}; choose an output folder outside it')
+    if src_abs.is_relative_to(out_abs):
+        raise UserError(f'{out_dir}: contains the source {src}; choose an output folder elsewhere')
