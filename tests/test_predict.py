@@ -488,3 +488,17 @@ def test_label_names_must_be_a_list_file_or_names(tmp_path):
     assert read_label_names('a, b,c') == ['a', 'b', 'c']
     latin.write_text('café\n\nspiral\r\n', encoding='utf-8')
     assert read_label_names(str(latin)) == ['café', 'spiral']
+
+
+def test_a_list_file_splits_at_newlines_only(tmp_path):
+    """U+2028 and NEL are line breaks to str.splitlines but legal in a Linux file name: one entry each."""
+    names = ['ls\u2028name.png', 'nel\x85name.png', 'plain.png']
+    _images(tmp_path / 'odd', names)
+    listing = tmp_path / 'list.txt'
+    listing.write_text(''.join(f'odd/{name}\r\n' for name in names), encoding='utf-8')
+    summary = predict_to_csv(_model(), open_prediction_inputs(listing), tmp_path / 'p.csv', progress=False)
+    assert (summary.predicted, summary.errors) == (3, 0)
+    assert sorted(r['path'] for r in _rows(tmp_path / 'p.csv')) == sorted(f'odd/{name}' for name in names)
+    listing.write_bytes('odd/café.png\n'.encode('latin-1'))
+    with pytest.raises(UserError, match=r'list\.txt: not UTF-8 text .*; expected a UTF-8 list of image paths'):
+        open_prediction_inputs(listing)

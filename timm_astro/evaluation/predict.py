@@ -100,7 +100,13 @@ def open_prediction_inputs(source: PathLike) -> PredictionInputs:
         columns = {k: v for k, v in columns.items() if k == 'index' or any(v)}  # drop columns the file lacks
         return PredictionInputs(columns['index'], columns, lambda i: dataset[i][0], str(path))
     if suffix in LIST_SUFFIXES:
-        lines = [line.strip() for line in path.read_text(encoding='utf-8').splitlines()]
+        try:
+            text = path.read_text(encoding='utf-8')
+        except UnicodeDecodeError as e:
+            raise UserError(f'{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); expected '
+                            f'a UTF-8 list of image paths') from None
+        # split at '\n' only: U+2028 and NEL, line breaks to str.splitlines, are legal in a file name
+        lines = [line.strip(' \t\r') for line in text.split('\n')]
         entries = [line for line in lines if line and not line.startswith('#')]
         if not entries:
             raise UserError(f'{path}: the list names no images (one path a line expected)')
@@ -154,7 +160,8 @@ def _partial_paths(out: Path) -> Tuple[Path, Path]:
 
 
 def _remove_partial(partial: Path, record: Path) -> None:
-    for path in (partial, record, partial.with_name(partial.name + '.owner')):  # .owner: left by earlier versions
+    # .tmp: a record being written; .owner: left by earlier versions
+    for path in (partial, record, record.with_name(record.name + '.tmp'), partial.with_name(partial.name + '.owner')):
         path.unlink(missing_ok=True)
 
 
@@ -273,7 +280,7 @@ def _finished_differs(out: Path, header: List[str], ids: Sequence[str]) -> str:
     if written_header != header:
         return 'is a finished prediction with other columns'
     if written != set(ids):
-        return f'is a finished prediction of other images ({len(written)} there, {len(set(ids))} now)'
+        return f'is a finished prediction of other images ({len(written)} images there, {len(set(ids))} now)'
     return 'is already finished (with images of the same names)'
 
 
