@@ -207,6 +207,21 @@ def test_unreadable_config_is_an_error(text, expected, train_like: Path, data: P
         config.write_text(text)
     code, err = _run([str(train_like), str(data), '--config', str(config)], capsys)
     assert code == 2 and expected in err and 'Traceback' not in err
+    # only the error and the line that says the script was not started: no warning that train.py looks changed
+    assert 'no longer looks like' not in err and 'warning' not in err, err
+    assert err.count('\n') == 2 and 'not starting train.py' in err, err
+
+
+@pytest.mark.parametrize('content, expected', [
+    (b'\x7fELF\x02\x01\x01\x00' + bytes(range(256)), 'is a binary file, not a Python script'),
+    ('print("unclosed\n'.encode(), 'is not valid Python (unterminated string literal'),
+    (b'\xff\xfe not utf-8 text', 'is not valid Python'),
+])
+def test_a_file_that_is_not_a_python_script_is_one_line(content, expected, tmp_path: Path, data: Path, capsys):
+    script = tmp_path / 'train.py'
+    script.write_bytes(content)
+    code, err = _run([str(script), str(data)], capsys)
+    assert code == 2 and f'{script}: {expected}' in err and err.count('\n') == 1 and 'Traceback' not in err, err
 
 
 def test_unknown_model(train_like: Path, data: Path, tmp_path: Path, capsys):

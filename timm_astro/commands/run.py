@@ -208,7 +208,7 @@ def _checked_parsing(script: str) -> Iterator[Dict[str, Any]]:
     """
     parser_cls = argparse.ArgumentParser
     real_parse, real_set_defaults = parser_cls.parse_known_args, parser_cls.set_defaults
-    state: Dict[str, Any] = {'checked': False, 'config': {}, 'options': None}
+    state: Dict[str, Any] = {'checked': False, 'stopped': False, 'config': {}, 'options': None}
 
     def set_defaults(parser: argparse.ArgumentParser, **kwargs: Any) -> None:
         if not state['checked'] and kwargs:
@@ -226,6 +226,7 @@ def _checked_parsing(script: str) -> Iterator[Dict[str, Any]]:
             try:
                 _check_config(parsed.config)  # the script reads it next
             except ValueError as e:
+                state['stopped'] = True  # said why; no warning that the script looks changed
                 _stop(script, [str(e)])
         if hasattr(parsed, 'model'):
             state['checked'] = True
@@ -264,7 +265,8 @@ def run_script(script: str, script_argv: List[str], check: bool = True) -> int:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         finally:
             sys.argv, sys.path[:] = saved_argv, saved_path
-    if check and not state['checked'] and os.path.basename(script) in SCRIPT_ARGUMENTS and _is_primary():
+    if check and not (state['checked'] or state['stopped']) and os.path.basename(script) in SCRIPT_ARGUMENTS \
+            and _is_primary():
         print(f'{_PROG}: warning: {script} never parsed a --model argument with argparse, so nothing was checked: '
               f'it no longer looks like timm\'s {os.path.basename(script)}.', file=sys.stderr)
     return code
@@ -291,5 +293,28 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 f'https://github.com/huggingface/pytorch-image-models at tag v{timm.__version__} and '
                                 f'pass the path of its train.py, validate.py, benchmark.py or inference.py.')
 
+    problem = _not_a_script(script)
+    if problem:
+        return say_error(_PROG, f'{script}: {problem}; expected a Python script of pytorch-image-models (train.py, '
+                                f'validate.py, benchmark.py or inference.py)')
     import timm_astro  # noqa: F401  (registers the models before the script builds one)
     return run_script(script, script_argv, check)
+
+
+def _not_a_script(path: str) -> Optional[str]:
+    """Why ``path`` cannot be run as Python source (binary, not UTF-8, a syntax error), or None. Compiling is
+    what runpy does first, so nothing runs here."""
+    try:
+        with open(path, 'rb') as f:
+            source = f.read()
+    except OSError as e:
+        return f'cannot be read ({e.strerror})'
+    if b'\0' in source:
+        return 'is a binary file, not a Python script'
+    try:
+        compile(source, path, 'exec', dont_inherit=True)
+    except SyntaxError as e:
+        return f'is not valid Python ({e.msg}, line {e.lineno})'
+    except ValueError as e:
+        return f'is not Python source ({e})'
+    return None
