@@ -85,6 +85,10 @@ DEFAULT_MODELS = ('astroformer_small@32', 'resnet18@32', 'convnext_atto@32', 'co
 NORMALISE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}  # one normalisation for every model
 EVAL_TTA = 'd4'
 LR_RULE = 'the best mean plain validation top-1 over the seeds, ties to the smaller lr'
+# Two mean top-1s closer than this are a tie: each top-1 is rounded to 1e-4 points (timm_astro.evaluation.metrics),
+# so equal numbers of correct images can differ by up to 1e-4 in the mean, while one image more in S seeds of N
+# validation images is 100 / (S * N) points, above this for S * N < 500,000.
+TIE_POINTS = 2e-4
 Key = Tuple[str, str, str, str, int, float]  # regime, recipe, model, shots, seed, lr
 Cell = Tuple[str, str, str, str]  # regime, recipe, model, shots
 
@@ -321,8 +325,8 @@ def decide(runs: Sequence[Dict[str, Any]], cell: Cell, seeds: Sequence[int], bas
     if any(len(v) < len(seeds) for v in by_lr.values()):
         return decision
     best = grid[0]
-    for lr in grid[1:]:
-        if statistics.mean(by_lr[lr]) > statistics.mean(by_lr[best]):
+    for lr in grid[1:]:  # top-1 is rounded to 1e-4 points: means within TIE_POINTS are the same count of images
+        if statistics.mean(by_lr[lr]) > statistics.mean(by_lr[best]) + TIE_POINTS:
             best = lr
     edge = None if len(grid) < 2 else 'low' if best == grid[0] else 'high' if best == grid[-1] else None
     if edge and sum(lr not in base_grid for lr in grid) < extend:
@@ -456,7 +460,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"recipe (train.py keys) {recipe_text}; warm-up {s['warmup_fraction']:.0%} of a run's steps (at least "
         f"{s['warmup_min_steps']}), then cosine, counted in steps; lr chosen per model, k and regime from "
         f"{'the grid ' + str(s['lr_grid']) if s['lr_grid'] else 'the recipe'} by {s['lr_rule']}; only the chosen "
-        f"lr is scored on test. Test top-1 is the mean over seeds; the differences are paired bootstrap 95% "
+        f"lr is scored on test, so its validation top-1 is optimistic (it chose the lr) and only test is unbiased. "
+        f"Test top-1 is the mean over seeds; the differences are paired bootstrap 95% "
         f"intervals over test images and seeds ({s['n_boot']} resamples; `timm_astro.evaluation.compare`), the "
         f"reference chosen on validation.\n",
         f"Machine: {m['cpu_model']} x{m['logical_cpus']} ({m['device']}), torch {m['torch']}, timm {m['timm']}. "
@@ -473,6 +478,16 @@ def render_markdown(report: Dict[str, Any]) -> str:
                      + '; '.join(f"`{e['model']}` at k = {e['shots']} ({e['regime']}: {e['lr']:g}, the grid's "
                                  f"{e['lr_edge']} end)" for e in edges)
                      + '. Their scores may be below what the model can do; extend the grid (`--extend-grid`).\n')
+    chosen = {(e['regime'], e['recipe'], e['model'], e['shots']): e['lr'] for e in summary if e['complete']}
+    unchosen = sorted({(r['model'], r['shots'], r['regime'], r['lr']) for r in report['runs']
+                       if 'test_top1' in r and chosen.get(cell_of(r)) != r['lr']}, key=str)
+    if unchosen:  # parts merged that each chose their own lr, --resume with more seeds or lrs, weights retrained
+        lines.append('**Warning: test was scored for an lr that is not the one chosen** (the protocol scores test '
+                     'once, for the chosen lr only): '
+                     + '; '.join(f"`{model}` at k = {shots} ({regime}: {lr:g})"
+                                 for model, shots, regime, lr in unchosen)
+                     + '. Those test scores are not reported, but they were computed: these cells\' test numbers '
+                       'are not untouched.\n')
     incomplete = [e for e in summary if not e['complete']]
     if incomplete:
         lines.append('Not scored (some lr or seed missing, so no lr is chosen yet): '
@@ -485,6 +500,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
                 continue
             lines.append(f"## {regime_title(regime)}"
                          + (f' (recipe `{recipe}`)' if len(report['recipes']) > 1 else '') + '\n')
+            if regime['kind'] == 'converge':
+                lines.append('Validation here is more optimistic still: the split that chose the lr also chose the '
+                             'stopping point (the best plain top-1 of every evaluation), so D4 minus plain on '
+                             'validation is biased against D4 (plain was maximised, D4 was not); read test.\n')
             for shots in sorted({e['shots'] for e in entries}, key=shots_order.get):
                 rows, d4_rows = [], []
                 for e in sorted((e for e in entries if e['shots'] == shots), key=lambda e: e['model']):
@@ -515,7 +534,9 @@ def render_markdown(report: Dict[str, Any]) -> str:
                     + [', '.join((f'**{lr}: {v:.1f}**' if e.get('lr') == float(lr) else f'{lr}: {v:.1f}')
                                  for lr, v in e['validation_by_lr'].items())])
     lines.append(markdown_table(['regime', 'model', 'k', 'lr: validation top-1 (chosen in bold)'], rows))
-    lines.append(f"Chance: {100 / s['num_classes']:.1f}%.\n")
+    majority = {split: 100 * max(np.bincount(v)) / len(v) for split, v in s['labels'].items() if v}
+    lines.append(f"Chance: {100 / s['num_classes']:.1f}% (uniform guess); always the most common class: "
+                 + ', '.join(f'{v:.1f}% of {split}' for split, v in majority.items()) + '.\n')
     return '\n'.join(lines)
 
 

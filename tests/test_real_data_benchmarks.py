@@ -141,6 +141,52 @@ def test_lr_choice_brackets_extends_and_waits_for_every_seed():
         'grid': [1e-3, 3e-3, 9e-3], 'validation_by_lr': {1e-3: 50, 3e-3: 60, 9e-3: 55}, 'lr': 3e-3, 'edge': None}
 
 
+def test_lr_ties_in_images_go_to_the_smaller_lr_whatever_the_rounding():
+    """0 and 2 of 6 images right against 1 and 1: the same 2 images, but the rounded top-1s (0 + 33.3333 against
+    16.6667 + 16.6667) differ in the last digit; that is a tie, and the smaller lr wins it."""
+    cell = ('steps3', 'base', 'm@16', '30')
+    runs = [{'regime': 'steps3', 'recipe': 'base', 'model': 'm@16', 'shots': '30', 'lr': lr, 'seed': seed,
+             'validation_top1': round(100.0 * correct / 6, 4)}
+            for lr, counts in ((1e-3, (0, 2)), (3e-3, (1, 1))) for seed, correct in enumerate(counts)]
+    assert lowdata.decide(runs, cell, [0, 1], [1e-3, 3e-3], extend=0)['lr'] == 1e-3
+    runs[0]['validation_top1'] = round(100.0 * 1 / 6, 4)  # one image more is not a tie
+    assert lowdata.decide(runs, cell, [0, 1], [1e-3, 3e-3], extend=0)['lr'] == 1e-3
+    runs[0]['validation_top1'] = 0.0
+    runs[2]['validation_top1'] = round(100.0 * 2 / 6, 4)
+    assert lowdata.decide(runs, cell, [0, 1], [1e-3, 3e-3], extend=0)['lr'] == 3e-3
+
+
+def test_report_says_when_test_was_scored_for_an_lr_not_chosen(three_splits, tmp_path, monkeypatch):
+    """Two parts of an lr grid, each run with one lr and test on, each chose (and scored on test) its own lr: merged,
+    one lr is chosen and the report says the other's test was computed. It also says that validation chose the
+    stopping point of a converged run, and the most-common-class rate beside chance."""
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
+    labels = {split: list(lowdata.open_labelled_data(three_splits, split).targets) for split in ('validation', 'test')}
+    regime = {'kind': 'converge', 'max_steps': 8, 'eval_every': 2, 'patience': 1}
+    for lr, right in ((1e-3, 2), (3e-3, 4)):  # 3e-3 gets more validation images right: it is chosen
+        validation = [y if i < right else (y + 1) % 3 for i, y in enumerate(labels['validation'])]
+        top1 = round(100.0 * right / len(validation), 4)
+        run = {'regime': 'converge', 'recipe': 'base', 'model': 'resnet18@16', 'shots': '2', 'seed': 0, 'lr': lr,
+               'params': 1, 'steps': 8, 'best_step': 4, 'train_cpu_s': 1.0, 'history': [],
+               'validation_top1': top1, 'validation_top1_d4': top1, 'validation_balanced': top1,
+               'validation_balanced_d4': top1, 'validation_pred': validation, 'validation_pred_d4': validation,
+               'test_top1': 100.0, 'test_top1_d4': 100.0, 'test_balanced': 100.0, 'test_balanced_d4': 100.0,
+               'test_pred': labels['test'], 'test_pred_d4': labels['test']}
+        settings = {'format': lowdata.FORMAT, 'labels': labels, 'lr_grid': [lr], 'extend_grid': 0,
+                    'warmup_fraction': 0.05, 'warmup_min_steps': 5, 'regimes': {'converge': regime}}
+        (tmp_path / f'part_{lr}.json').write_text(json.dumps({
+            'command': 'part', 'wall_time_s': 1.0, 'settings': settings, 'recipes': {'base': {'lr': lr}},
+            'runs': [run]}))
+    report = _study(three_splits, tmp_path, '--name', 'merged', '--report-only', '--no-plot', '--merge',
+                    str(tmp_path / 'part_0.001.json'), str(tmp_path / 'part_0.003.json'))
+    assert [e['lr'] for e in report['summary']] == [3e-3]
+    markdown = (tmp_path / 'merged.md').read_text()
+    warning = next(line for line in markdown.splitlines() if line.startswith('**Warning: test was scored for an lr'))
+    assert '`resnet18@16` at k = 2 (converge: 0.001)' in warning and '0.003' not in warning
+    assert 'the split that chose the lr also chose the stopping point' in markdown
+    assert 'Chance: 33.3% (uniform guess); always the most common class: 33.3% of validation' in markdown
+
+
 def test_training_counts_in_steps_and_stops_early(three_splits):
     """train_classifier's step budget: exactly N steps, warm-up in steps, history every E steps with the hook's
     result, and should_stop ending the run."""
