@@ -1,5 +1,6 @@
 """Arguments shared by the commands that load a model and feed it images (evaluate, predict)."""
 import argparse
+import math
 import sys
 from typing import Any, Dict
 
@@ -8,6 +9,60 @@ from timm_astro.errors import UserError
 
 __all__ = ['add_model_arguments', 'add_data_config_arguments', 'data_config_overrides', 'load_model_from_args']
 
+# the names timm's transforms accept (timm.data.transforms.str_to_interp_mode)
+INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'box', 'hamming', 'lanczos')
+
+
+def crop_fraction(value: str) -> float:
+    """argparse type: a center-crop fraction in (0, 1]; timm would run 0 as its default 0.875 and divide by it."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f'expected a fraction in (0, 1] (1: no crop), got {value!r}')
+    return number
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a finite number above 0 (a standard deviation that images are divided by)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f'expected a finite number above 0, got {value!r}')
+    return number
+
+
+def finite_float(value: str) -> float:
+    """argparse type: a finite number (a mean that is subtracted)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f'expected a finite number, got {value!r}')
+    return number
+
+
+def torch_device(value: str) -> str:
+    """argparse type: a device torch knows (cpu, cuda, cuda:1, mps, ...), and one this machine has."""
+    import torch
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f'expected a torch device such as cpu, cuda or cuda:1, got {value!r}') \
+            from None
+    if device.type == 'cuda':
+        count = torch.cuda.device_count()
+        if not torch.cuda.is_available() or (device.index or 0) >= count:
+            have = f'this machine has {count} CUDA devices' if count else 'no CUDA GPU is available here'
+            raise argparse.ArgumentTypeError(f'{value!r}: {have}; use --device cpu')
+    elif device.type == 'mps' and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f'{value!r}: MPS is not available here; use --device cpu')
+    return value
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('model', metavar='MODEL',
@@ -15,18 +70,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              'hf-hub:ORG/NAME; any timm model, not only ours')
     parser.add_argument('--checkpoint', default=None, help='weights for a model name: a train.py checkpoint or a '
                                                            'state dict')
-    parser.add_argument('--num-classes', type=int, default=None, help='classes, for a model name without weights')
+    parser.add_argument('--num-classes', type=positive_int, default=None,
+                        help="classes, for a model name without weights (with weights: must equal their head's)")
     parser.add_argument('--no-ema', action='store_true', help="a checkpoint's raw weights even if it has EMA ones")
-    parser.add_argument('--device', default='cpu', help='torch device (cpu, cuda, cuda:1, ...)')
+    parser.add_argument('--device', type=torch_device, default='cpu', help='torch device (cpu, cuda, cuda:1, ...)')
 
 
 def add_data_config_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('preprocessing (default: the model\'s own, timm.data.resolve_model_data_config)')
     group.add_argument('--img-size', type=positive_int, default=None, help='input height and width')
-    group.add_argument('--crop-pct', type=float, default=None, help='center crop fraction')
-    group.add_argument('--interpolation', default=None, help='resize interpolation (bicubic, bilinear, ...)')
-    group.add_argument('--mean', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
-    group.add_argument('--std', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
+    group.add_argument('--crop-pct', type=crop_fraction, default=None, help='center crop fraction, in (0, 1]')
+    group.add_argument('--interpolation', choices=INTERPOLATIONS, default=None, help='resize interpolation')
+    group.add_argument('--mean', type=finite_float, nargs=3, default=None, metavar=('R', 'G', 'B'))
+    group.add_argument('--std', type=positive_float, nargs=3, default=None, metavar=('R', 'G', 'B'))
     parser.add_argument('--batch-size', type=positive_int, default=64)
     parser.add_argument('--workers', type=int, default=2, help='DataLoader worker processes (0: in this process)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -46,9 +102,10 @@ def data_config_overrides(args: argparse.Namespace, in_chans: int = 3) -> Dict[s
 
 def load_model_from_args(args: argparse.Namespace, prog: str):
     """The model the arguments name; a bare model name without ``--checkpoint`` is loaded with a warning, since its
-    weights are random (nothing here downloads pretrained weights) and its figures are those of an untrained model."""
+    weights are random (nothing here downloads pretrained weights) and its figures are those of an untrained model.
+    A model trained on votes comes with its task and tree (``timm_astro.votes_model.is_votes_model``)."""
     import timm
-    from timm_astro.loading import load_model
+    from timm_astro.votes_model import load_votes_model as load_model
     if args.workers < 0:
         raise UserError(f'--workers must be at least 0, got {args.workers}')
     kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}

@@ -1,4 +1,5 @@
-"""``timm-astro evaluate MODEL DATA``: per-class metrics, calibration and test-time symmetry on a labelled split."""
+"""``timm-astro evaluate MODEL DATA``: per-class metrics, calibration and test-time symmetry on a labelled split, or,
+for a model trained on Galaxy Zoo votes and a vote set, the vote-fraction metrics (``timm_astro.evaluation.votes``)."""
 import argparse
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from timm_astro.commands._model_args import (
 from timm_astro.evaluation.evaluate import evaluate, open_labelled_data, summary_table, write_report
 from timm_astro.errors import UserError
 from timm_astro.evaluation.tta import TTA_MODES
+from timm_astro.evaluation.votes import check_task, evaluate_votes, vote_summary_table, write_vote_report
 
 PROG = 'timm-astro evaluate'
 
@@ -28,11 +30,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog=PROG,
         description='Score a model on a labelled split and write metrics.json (top-1, top-5, balanced accuracy, '
                     'macro F1, per-class precision/recall/F1/support, log loss, calibration error), '
-                    'confusion_matrix.png, reliability.png and predictions.csv into --output.')
+                    'confusion_matrix.png, reliability.png and predictions.csv into --output. A votes model (from '
+                    'train-votes) on a vote set: per question the fraction MAE and the accuracy where volunteers '
+                    'agree, calibration.png and predictions.csv.')
     add_model_arguments(parser)
     parser.add_argument('data', metavar='DATA',
-                        help='an ImageFolder split (DATA/<class>/...), a folder of splits with --split, or a '
-                             'Galaxy10-schema HDF5 file with --split')
+                        help='an ImageFolder split (DATA/<class>/...), a folder of splits with --split, a '
+                             'Galaxy10-schema HDF5 file with --split, or (for a votes model) a vote set with --split')
     parser.add_argument('--split', default=None, help='train, validation or test (of a split folder or HDF5 file)')
     parser.add_argument('--val-fraction', type=float, default=0.1, help='HDF5: the split it was prepared with')
     parser.add_argument('--test-fraction', type=float, default=0.0, help='HDF5: the split it was prepared with')
@@ -51,9 +55,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         from timm_astro.outputs import check_output_location
         check_output_outside_data(args.output, args.data)
         check_output_location(args.output, overwrite=args.overwrite, created_by='timm-astro evaluate')
-        data = open_labelled_data(args.data, args.split, val_fraction=args.val_fraction,
-                                  test_fraction=args.test_fraction, seed=args.seed)
+        from timm_astro.data.votes import is_vote_set
+        data = None if is_vote_set(args.data) else open_labelled_data(
+            args.data, args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
         model = load_model_from_args(args, PROG)
+        if check_task(model, args.data, args.split, args.model):  # a votes model and a vote set; else both classes
+            return run_votes(args, model)
         result = evaluate(
             model, data, data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)), tta=args.tta,
             batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)
@@ -71,3 +78,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'wrote {args.output}/: metrics.json, predictions.csv'
               + ('' if args.no_plots else ', confusion_matrix.png, reliability.png'))
     return run_command(PROG, run)
+
+
+def run_votes(args: argparse.Namespace, model) -> None:
+    """Score a votes model on a split of a vote set and write its report (``check_task`` said they fit)."""
+    if args.tta != 'none':
+        raise UserError(f'--tta {args.tta}: test-time symmetry is for class models here; a votes model is scored on '
+                        f'the plain view (leave out --tta)')
+    result = evaluate_votes(
+        model, args.data, args.split, data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)),
+        batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)
+    for warning in result.warnings:
+        print(f'{PROG}: warning: {warning}', file=sys.stderr)
+    write_vote_report(result, args.output, overwrite=args.overwrite, plots=not args.no_plots,
+                      extra={'model_spec': args.model, 'checkpoint': args.checkpoint})
+    left_out = f' ({len(result.left_out)} left out: unreadable)' if result.left_out else ''
+    print(f'{result.model_name} on {result.source}: {len(result.item_ids)} galaxies{left_out}, '
+          f'{result.tree.n_answers} answers of the {result.tree.name} tree')
+    print(vote_summary_table(result))
+    print(f"Dirichlet-multinomial loss per galaxy: {result.metrics['nll']:.3f}")
+    print(f'wrote {args.output}/: metrics.json, predictions.csv' + ('' if args.no_plots else ', calibration.png'))
