@@ -44,6 +44,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
+from timm_astro.data.paths import resolve_inside
 from timm_astro.errors import UserError
 
 __all__ = ['GZ2_CLASSES', 'GZ2_COUNT_COLUMNS', 'GZ2_MIN_VOTES', 'GZ2_FRACTIONS', 'GZ2_HALVES', 'UNCLASSIFIED_FOLDER', 'gz2_class',
@@ -137,18 +138,6 @@ class GZ2Galaxy:
         return _position_key(float(self.ra), float(self.dec))
 
 
-def _resolve_inside(root: Path, relative: str, where: str) -> Path:
-    """``root / relative``, refused unless it stays inside ``root`` (a manifest must not name files elsewhere)."""
-    relative = relative.replace('\\', '/')  # the source's CSVs were written on Windows
-    path = Path(relative)
-    if path.is_absolute() or '..' in path.parts:
-        raise UserError(f'{where}: image path {relative!r} leaves the source folder; expected a path inside {root}')
-    resolved = (root / path).resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise UserError(f'{where}: image path {relative!r} resolves outside the source folder {root}')
-    return resolved
-
-
 def read_gz2_votes(src: Path) -> Tuple[List[GZ2Galaxy], Dict[str, int]]:
     """The de-duplicated galaxies of the user's copy ``src`` (the repository, or a folder holding ``datafinal/`` and
     ``datafinal2/``), in source order, and counts of what was read (``rows``, ``duplicates``)."""
@@ -177,7 +166,7 @@ def read_gz2_votes(src: Path) -> Tuple[List[GZ2Galaxy], Dict[str, int]]:
                     raise UserError(f"{where}: ra {row['ra']!r}, dec {row['dec']!r}; expected degrees (ra in "
                                     f"[0, 360], dec in [-90, 90])")
                 counts = _counts(row, where)
-                image = _resolve_inside(src, row['image_filename'], where)
+                image = resolve_inside(src, row['image_filename'], where)
                 if not image.is_file():
                     raise UserError(f"{where}: image {row['image_filename']!r} is not in the copy at {src}")
                 galaxy = GZ2Galaxy(image, image.relative_to(src.resolve()).as_posix(),
