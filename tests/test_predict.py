@@ -127,8 +127,8 @@ def test_bad_input_is_one_clear_line(case, expected, folder, tmp_path, capsys):
     elif case == 'label count':
         args += ['--label-names', 'a,b']
     elif case == 'unknown suffix':
-        (tmp_path / 'x.csv').write_text('a')
-        args[1] = str(tmp_path / 'x.csv')
+        (tmp_path / 'x.dat').write_text('a')  # .csv is a catalogue
+        args[1] = str(tmp_path / 'x.dat')
     elif case == 'empty list':
         (tmp_path / 'l.txt').write_text('# nothing\n')
         args[1] = str(tmp_path / 'l.txt')

@@ -15,6 +15,10 @@ names and data config), and a resume whose record differs is refused, saying wha
 at a time (``timm_astro.outputs.output_lock``). Rows are written and read back with the csv module only, so a file
 name holding a line break (legal on Linux) stays one record. An image that cannot be read is reported and counted
 (listed in ``NAME.errors.csv``) and the run goes on, or stops at once with ``strict=True``.
+
+That machinery is ``stream_rows``, shared with ``timm-astro embed`` (``timm_astro.evaluation.embed``): a command gives
+a ``RowStream`` (its CSV columns and how a batch of images becomes their cells) and, for an output other than the
+CSV itself, what to build from the finished partial file.
 """
 import csv
 import hashlib
@@ -32,6 +36,7 @@ import torch.nn as nn
 from PIL import Image
 from tqdm import tqdm
 
+from timm_astro.data.catalogue import CATALOGUE_SUFFIXES, read_catalogue
 from timm_astro.data.images import read_image
 from timm_astro.errors import OutputExistsError, UserError, describe_os_error
 from timm_astro.evaluation.evaluate import H5_SUFFIXES
@@ -41,7 +46,8 @@ from timm_astro.outputs import (
     atomic_file, check_output_location, make_parent_folders, output_lock, remove_made_folders, write_json)
 from timm_astro.version import __version__
 
-__all__ = ['PredictionInputs', 'open_prediction_inputs', 'predict_to_csv', 'PredictSummary', 'read_label_names']
+__all__ = ['PredictionInputs', 'open_prediction_inputs', 'predict_to_csv', 'PredictSummary', 'read_label_names',
+           'RowStream', 'stream_rows']
 
 PathLike = Union[str, os.PathLike]
 LIST_SUFFIXES = ('.txt', '.lst', '.list')
@@ -78,13 +84,18 @@ def _load_file(path: str) -> Image.Image:
     return read_image(path)  # evaluate's reader and rules: 16-bit pixels scaled, special files never opened, ...
 
 
-def open_prediction_inputs(source: PathLike) -> PredictionInputs:
+def open_prediction_inputs(source: PathLike, catalogue: Optional[Dict[str, Any]] = None) -> PredictionInputs:
     """A folder (searched recursively for images), a text file of image paths (one a line; relative paths are
-    relative to the text file; blank lines and '#' comments skipped) or a Galaxy10-schema HDF5 file."""
+    relative to the text file; blank lines and '#' comments skipped), a Galaxy10-schema HDF5 file, or a catalogue
+    CSV (``timm_astro.data.catalogue.read_catalogue``, with ``catalogue`` as its options: the columns it names are
+    carried into every row)."""
     path = Path(source)
+    if path.suffix.lower() in CATALOGUE_SUFFIXES:
+        table = read_catalogue(path, **(catalogue or {}))
+        return PredictionInputs(table.ids, table.columns, table.load, str(path))
     if not path.exists():
-        raise UserError(f'{path}: no such file or folder; expected a folder of images, a text file of image paths '
-                        f'or a Galaxy10-schema HDF5 file')
+        raise UserError(f'{path}: no such file or folder; expected a folder of images, a text file of image paths, '
+                        f'a Galaxy10-schema HDF5 file or a catalogue CSV')
     if path.is_dir():
         extensions = _image_extensions()
         files = sorted(p for p in path.rglob('*') if p.suffix.lower() in extensions and p.is_file())
@@ -112,8 +123,9 @@ def open_prediction_inputs(source: PathLike) -> PredictionInputs:
             raise UserError(f'{path}: the list names no images (one path a line expected)')
         files = [str(Path(e) if Path(e).is_absolute() else path.parent / e) for e in entries]
         return PredictionInputs(entries, {'path': entries}, lambda i: _load_file(files[i]), str(path))
-    raise UserError(f'{path}: expected a folder, a list of paths ({", ".join(LIST_SUFFIXES)}) or an HDF5 file '
-                    f'({", ".join(H5_SUFFIXES)}); got a {suffix or "suffix-less"} file')
+    raise UserError(f'{path}: expected a folder, a list of paths ({", ".join(LIST_SUFFIXES)}), an HDF5 file '
+                    f'({", ".join(H5_SUFFIXES)}) or a catalogue ({", ".join(CATALOGUE_SUFFIXES)}); got a '
+                    f'{suffix or "suffix-less"} file')
 
 
 def read_label_names(value: str) -> List[str]:
@@ -179,12 +191,12 @@ def _weights_sha256(model: nn.Module) -> str:
 
 
 def _run_record(model: nn.Module, inputs: PredictionInputs, label_names: Sequence[str], tta: str,
-                config: Dict[str, Any], header: List[str]) -> Dict[str, Any]:
+                config: Dict[str, Any], header: List[str], command: str = COMMAND) -> Dict[str, Any]:
     """What decides the rows of a prediction: which images, which model and weights, which options. A resume must
     find the same, or it would append another run's rows to this one's (two folders with the same file names)."""
     ids = '\0'.join(inputs.ids).encode('utf-8', 'surrogateescape')
     return {
-        'created_by': COMMAND, 'version': __version__,
+        'created_by': command, 'version': __version__,
         'input': str(Path(inputs.source).resolve()), 'images': len(inputs.ids),
         'images_sha256': hashlib.sha256(ids).hexdigest(),
         'model': (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__,
@@ -290,8 +302,9 @@ def _start_or_resume(out: Path, record: Dict[str, Any], ids: Sequence[str], resu
     if not partial.exists():
         record_path.unlink(missing_ok=True)  # a run killed between renaming its partial and removing its record
         if resume and out.exists():
-            raise OutputExistsError(f'{out}: {_finished_differs(out, record["columns"], ids)}; --resume continues '
-                                    f'only an interrupted run: pass --overwrite to predict again')
+            finished = 'is already finished' if out.is_dir() else _finished_differs(out, record['columns'], ids)
+            raise OutputExistsError(f'{out}: {finished}; --resume continues only an interrupted run: pass '
+                                    f'--overwrite to write it again')
     elif resume:
         old = _read_record(record_path)
         if old is None:
@@ -305,16 +318,18 @@ def _start_or_resume(out: Path, record: Dict[str, Any], ids: Sequence[str], resu
     elif overwrite:
         _remove_partial(partial, record_path)
     else:
-        raise OutputExistsError(f'{partial}: an interrupted run of this prediction is there; pass --resume to '
-                                f'continue it, or --overwrite to start again')
+        raise OutputExistsError(f'{partial}: an interrupted run of {record["created_by"]} for {out.name} is there; '
+                                f'pass --resume to continue it, or --overwrite to start again')
     tmp = record_path.with_name(record_path.name + '.tmp')  # the record first, then the partial: never one without
     write_json(tmp, record)
     os.replace(tmp, record_path)
     return set()
 
 
-def _check_model_runs(model: nn.Module, input_size: Sequence[int], device: Union[str, torch.device]) -> None:
-    """One forward pass on a blank image, so that a size the model refuses is said before any file is made."""
+def _check_model_runs(model: Callable[[torch.Tensor], Any], input_size: Sequence[int],
+                      device: Union[str, torch.device]) -> None:
+    """One forward pass (``model``: the module or the forward a stream uses) on a blank image, so that a size the
+    model refuses is said before any file is made."""
     try:
         model(torch.zeros((1, *input_size), device=device))
     except torch.cuda.OutOfMemoryError:
@@ -377,6 +392,27 @@ def _rows(view_probs: torch.Tensor, label_names: Sequence[str]) -> Iterator[List
         yield row
 
 
+@dataclass
+class RowStream:
+    """What a streaming command writes: its CSV ``header`` (the input's id columns first) and ``cells``, which turns
+    a batch of images (on the device) into the cells after the id columns, one list per image. ``forward`` is what
+    is run once on a blank image before any file is made; ``command`` and ``noun`` ('predictions') name the output
+    in the run's record and in messages."""
+    command: str
+    noun: str
+    header: List[str]
+    cells: Callable[[torch.Tensor], List[List[str]]]
+    forward: Callable[[torch.Tensor], Any]
+
+
+def check_header(header: Sequence[str], id_columns: Sequence[str]) -> None:
+    """Refuse an input column (a catalogue's) named like a column the command writes: the CSV would hold two."""
+    clash = [name for name in header[len(id_columns):] if name in id_columns]
+    if clash:
+        raise UserError(f'the input column {clash[0]!r} has the name of an output column; rename it in the catalogue '
+                        f'or carry other columns (--columns)')
+
+
 @torch.no_grad()
 def predict_to_csv(
         model: nn.Module,
@@ -400,12 +436,8 @@ def predict_to_csv(
     Everything that can be refused is checked before any file is made: the arguments, the output location, and that
     the model runs at the input size. A second run on the same ``out`` while one writes it fails at once.
     """
-    from timm.data import create_transform, resolve_model_data_config
     if tta not in TTA_MODES:
         raise UserError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    for name, value in (('batch_size', batch_size), ('workers', workers + 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f'{name} must be a whole number of at least {1 if name == "batch_size" else 0}')
     num_classes = getattr(model, 'num_classes', None)
     if not num_classes:
         raise UserError('the model has no classifier (num_classes=0): predict needs class probabilities')
@@ -416,15 +448,69 @@ def predict_to_csv(
         raise UserError(f'{len(label_names)} label names for a model that predicts {num_classes} classes')
     if len(set(label_names)) != len(label_names):
         raise UserError('the label names repeat; each class needs its own probability column')
-    out = check_output_location(out, overwrite=overwrite or resume, kind='file')
     header = _header(list(inputs.id_columns), label_names, tta)
+    check_header(header, list(inputs.id_columns))
+    model = model.to(device).eval()
 
+    def cells(images: torch.Tensor) -> List[List[str]]:
+        return list(_rows(view_probabilities(model, images, tta).cpu(), label_names))
+    stream = RowStream(COMMAND, 'predictions', header, cells, model)
+    return stream_rows(model, inputs, out, stream, data_config=data_config, tta=tta, label_names=label_names,
+                       batch_size=batch_size, workers=workers, device=device, resume=resume, overwrite=overwrite,
+                       strict=strict, progress=progress, log=log)
+
+
+def _finish_csv(partial: Path, out: Path, errors: List[Tuple[str, str]], log: Callable[[str], None]) -> None:
+    """predict's output: the partial file renamed to ``out``, with the list of unreadable images beside it."""
+    errors_path = out.with_name(out.stem + '.errors.csv')
+    if errors:  # the list of unreadable images is renamed into place with the CSV, an earlier one removed with it
+        with atomic_file(errors_path, newline='') as f:
+            f.write(_csv_text([['id', 'error'], *errors]))
+            os.replace(partial, out)
+        log(f'{len(errors)} image(s) could not be read and were skipped: see {errors_path.name}')
+    else:
+        os.replace(partial, out)
+        errors_path.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def stream_rows(
+        model: nn.Module,
+        inputs: PredictionInputs,
+        out: PathLike,
+        stream: RowStream,
+        *,
+        data_config: Optional[Dict[str, Any]] = None,
+        tta: str = 'none',
+        label_names: Sequence[str] = (),
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Union[str, torch.device] = 'cpu',
+        resume: bool = False,
+        overwrite: bool = False,
+        strict: bool = False,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        finish: Optional[Callable[[Path, List[Tuple[str, str]]], None]] = None,
+) -> PredictSummary:
+    """Stream the rows of ``stream`` for every image of ``inputs`` into a partial file beside ``out`` (resumable,
+    locked, fingerprinted: see the module docstring), then ``finish(partial, errors)`` builds ``out`` from it;
+    by default the partial CSV becomes ``out``. The caller has checked ``out``'s location for its kind of output."""
+    from timm.data import create_transform, resolve_model_data_config
+    for name, value in (('batch_size', batch_size), ('workers', workers + 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f'{name} must be a whole number of at least {1 if name == "batch_size" else 0}')
+    out = Path(out)
+    if finish is None:
+        out = check_output_location(out, overwrite=overwrite or resume, kind='file')
+
+        def finish(partial: Path, errors: List[Tuple[str, str]]) -> None:
+            _finish_csv(partial, out, errors, log)
     config = resolve_model_data_config(model)
     config.update(data_config or {})
     inputs.transform = create_transform(**{k: v for k, v in config.items() if k != 'first_conv'}, is_training=False)
-    model = model.to(device).eval()
-    _check_model_runs(model, config['input_size'], device)
-    record = _run_record(model, inputs, label_names, tta, config, header)
+    _check_model_runs(stream.forward, config['input_size'], device)
+    record = _run_record(model, inputs, label_names, tta, config, stream.header, stream.command)
 
     partial = _partial_paths(out)[0]
     try:
@@ -432,21 +518,20 @@ def predict_to_csv(
     except OSError as e:
         raise UserError(f'{out}: cannot be written: {describe_os_error(e)}') from None
     try:
-        with output_lock(out, COMMAND):
+        with output_lock(out, stream.command):
             done = _start_or_resume(out, record, inputs.ids, resume, overwrite)
-            return _predict_rows(model, inputs, out, done, header, label_names, tta, batch_size, workers, device,
-                                 strict, progress, log)
+            return _stream_rows(inputs, out, done, stream, batch_size, workers, device, strict, progress, log, finish)
     finally:
         if not partial.exists() and not out.exists():  # nothing kept: no folder made for it either
             remove_made_folders(made)
 
 
-def _predict_rows(model: nn.Module, inputs: PredictionInputs, out: Path, done: set, header: List[str],
-                  label_names: Sequence[str], tta: str, batch_size: int, workers: int,
-                  device: Union[str, torch.device], strict: bool, progress: bool,
-                  log: Callable[[str], None]) -> PredictSummary:
-    """Append the rows of the images not in ``done`` to the partial file, then rename it to ``out``."""
+def _stream_rows(inputs: PredictionInputs, out: Path, done: set, stream: RowStream, batch_size: int, workers: int,
+                 device: Union[str, torch.device], strict: bool, progress: bool, log: Callable[[str], None],
+                 finish: Callable[[Path, List[Tuple[str, str]]], None]) -> PredictSummary:
+    """Append the rows of the images not in ``done`` to the partial file, then ``finish`` the output from it."""
     partial, record_path = _partial_paths(out)
+    noun = stream.noun
     todo = [i for i, item in enumerate(inputs.ids) if item not in done]
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(inputs, todo), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
@@ -467,41 +552,33 @@ def _predict_rows(model: nn.Module, inputs: PredictionInputs, out: Path, done: s
                     raise _WriteFailed(e) from e
 
             if f.tell() == 0:  # new, or left empty by a run killed before its first batch
-                write([header])
-            with tqdm(total=len(todo), unit='img', desc='predict', disable=None if progress else True) as bar:
+                write([stream.header])
+            desc = stream.command.split()[-1]
+            with tqdm(total=len(todo), unit='img', desc=desc, disable=None if progress else True) as bar:
                 for images, positions, failed in loader:
                     for position, error in failed:
                         if strict:
                             raise UserError(f'{inputs.ids[position]}: cannot be read ({error}); stopped (--strict). '
-                                            f'{predicted + len(done)} predictions so far are kept in {partial} for '
+                                            f'{predicted + len(done)} {noun} so far are kept in {partial} for '
                                             f'--resume')
                         errors.append((inputs.ids[position], error))
                     if images is not None:
-                        probs = view_probabilities(model, images.to(device), tta)
                         write([[inputs.id_columns[c][position] for c in inputs.id_columns] + cells
-                               for position, cells in zip(positions, _rows(probs.cpu(), label_names))])
+                               for position, cells in zip(positions, stream.cells(images.to(device)))])
                         predicted += len(positions)
                     bar.update(len(positions) + len(failed))
     except KeyboardInterrupt as e:  # the partial file is kept on purpose: say where, and how to go on
         raise KeyboardInterrupt(
-            f'{predicted + len(done)} predictions so far are kept in {partial}; run the same command with --resume '
+            f'{predicted + len(done)} {noun} so far are kept in {partial}; run the same command with --resume '
             f'to continue, or --overwrite to start again') from e
     except _WriteFailed as e:
         what = describe_os_error(e.args[0]).split('; ')[0]  # what went wrong; the remedy here is --resume
-        raise UserError(f'{out}: cannot be written: {what}; {predicted + len(done)} predictions so far are kept in '
+        raise UserError(f'{out}: cannot be written: {what}; {predicted + len(done)} {noun} so far are kept in '
                         f'{partial}: run the same command with --resume to continue') from None
     seconds = time.perf_counter() - start
     if predicted + len(done) == 0:
         _remove_partial(partial, record_path)
         raise UserError(f'{inputs.source}: none of the {len(inputs)} images could be read; nothing was written')
-    errors_path = out.with_name(out.stem + '.errors.csv')
-    if errors:  # the list of unreadable images is renamed into place with the CSV, an earlier one removed with it
-        with atomic_file(errors_path, newline='') as f:
-            f.write(_csv_text([['id', 'error'], *errors]))
-            os.replace(partial, out)
-        log(f'{len(errors)} image(s) could not be read and were skipped: see {errors_path.name}')
-    else:
-        os.replace(partial, out)
-        errors_path.unlink(missing_ok=True)
+    finish(partial, errors)
     _remove_partial(partial, record_path)
     return PredictSummary(out, predicted, len(done), len(errors), seconds)
