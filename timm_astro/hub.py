@@ -144,31 +144,42 @@ def _model_card(
         dataset: Optional[str],
         ema: Optional[str],
 ) -> str:
-    """README.md text via timm's ``generate_readme``: details, metrics, recipe, usage, citation."""
+    """README.md text via timm's ``generate_readme``: details, metrics, recipe, usage, citation. A model trained on
+    Galaxy Zoo votes (``config['task'] == 'votes'``) gets a card that says what its outputs are and how to read them."""
     arch = config['architecture']
     pcfg = config['pretrained_cfg']
     is_astroformer = arch.startswith('astroformer')
+    votes_tree = config.get('tree') if config.get('task') == 'votes' else None
     num_params = sum(p.numel() for p in model.parameters())
     _, height, width = pcfg['input_size']
     what = 'an Astroformer' if is_astroformer else f'a timm `{arch}`'
     description = (
-        f'{what[0].upper() + what[1:]} image classifier'
+        f'{what[0].upper() + what[1:]} image ' + ('model predicting Galaxy Zoo vote fractions' if votes_tree else
+                                                   'classifier')
         + (f' trained on {dataset}' if dataset else '')
         + f', exported with timm-astro {__version__}.'
     )
+    if votes_tree:
+        description += (
+            f" It has one output per answer of the {votes_tree['name']} decision tree: `1 + 99 * sigmoid(output)` is"
+            ' a Dirichlet concentration, and within each question the concentrations divided by their sum are the'
+            " expected fractions of volunteers giving each answer (Walmsley et al. 2022's Dirichlet-multinomial"
+            ' likelihood of the vote counts). A question asked only after an earlier answer (edge-on? after'
+            ' "features or disk") is predicted as if it were asked: weigh it by the fraction reaching it.'
+        )
     if is_astroformer:
         description += (
             ' Astroformer (Dagli, ICLR 2023 workshop, arXiv:2304.05350) is a CoAtNet-style hybrid: convolutional'
             ' MBConv stages followed by relative self-attention, proposed for classification from little data.'
         )
     details: Dict[str, Any] = {
-        'Model Type': 'Image classification',
+        'Model Type': 'Galaxy Zoo vote fractions (one output per answer)' if votes_tree else 'Image classification',
         'Architecture': f'`{arch}`' + (
             f" (model args: {json.dumps(config['model_args'])})" if config.get('model_args') else ''),
         'Model Stats': {
             'Params (M)': f'{num_params / 1e6:.2f}',
             'Image size': f'{width} x {height}',
-            'Classes': str(config['num_classes']),
+            ('Answers' if votes_tree else 'Classes'): str(config['num_classes']),
         },
         'Preprocessing': {
             'Input size': _fmt(tuple(pcfg['input_size'])),
@@ -179,7 +190,12 @@ def _model_card(
             'Std': _fmt(pcfg.get('std')),
         },
     }
-    if config.get('label_names'):  # export_model writes them as a list of strings
+    if votes_tree:
+        details['Decision tree'] = {
+            f"{q['name']}" + (f" (after {q['parent']})" if q.get('parent') else ''):
+                f"{q['text']} Answers: " + ', '.join(f"{a['name']} ({a['text']})" for a in q['answers'])
+            for q in votes_tree['questions']}
+    elif config.get('label_names'):  # export_model writes them as a list of strings
         details['Labels'] = ', '.join(f'{i}: {n}' for i, n in enumerate(config['label_names']))
     if dataset:
         details['Dataset'] = dataset
@@ -232,8 +248,10 @@ top = probs[0].topk(min(5, probs.shape[-1]))
 print([(label_names[i] if label_names else int(i), float(p)) for p, i in zip(top.values, top.indices)])
 ```
 """
+    if votes_tree:
+        usage = _votes_usage()
     card = {
-        'tags': ['image-classification', 'timm', 'timm-astro'] + (
+        'tags': ['image-classification', 'timm', 'timm-astro'] + (['galaxy-zoo'] if votes_tree else []) + (
             ['astroformer', 'astronomy'] if is_astroformer else []),
         'license': pcfg.get('license', 'apache-2.0'),
         'description': description,
@@ -243,6 +261,41 @@ print([(label_names[i] if label_names else int(i), float(p)) for p, i in zip(top
     if is_astroformer:
         card['citation'] = ASTROFORMER_CITATION
     return generate_readme(card, model_name)
+
+
+def _votes_usage() -> str:
+    """The usage part of a votes model's card: its fractions and their spread per answer, from Python and the CLI."""
+    return f"""```shell
+pip install timm-astro
+```
+
+```python
+import torch
+import timm
+from PIL import Image
+from timm_astro.votes_model import load_votes_model  # timm's create_model plus the task and tree in config.json
+from timm_astro.evaluation.votes import expected_fractions, fraction_std, model_tree
+from timm_astro.losses import to_concentrations
+
+model = load_votes_model('hf-hub:{REPO_PLACEHOLDER}')
+tree = model_tree(model)
+transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
+
+img = Image.open('galaxy.png').convert('RGB')
+with torch.no_grad():
+    alpha = to_concentrations(model(transform(img).unsqueeze(0)))  # Dirichlet concentrations, one per answer
+fractions, spread = expected_fractions(alpha, tree)[0], fraction_std(alpha, tree)[0]
+for answer, f, s in zip(tree.answers, fractions, spread):
+    print(f'{{answer.name}}: {{float(f):.3f}} +- {{float(s):.3f}}')
+```
+
+A catalogue, streamed to a CSV (`fraction_<answer>` and `std_<answer>` per galaxy), and the scores on a vote set:
+
+```shell
+timm-astro predict hf-hub:{REPO_PLACEHOLDER} cutouts/ --out fractions.csv
+timm-astro evaluate hf-hub:{REPO_PLACEHOLDER} gz2_votes/ --split test --output evaluation/
+```
+"""
 
 
 def export_model(
@@ -256,6 +309,7 @@ def export_model(
         dataset: Optional[str] = None,
         overwrite: bool = False,
         weights_note: Optional[str] = None,
+        extra_config: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card for ``model`` into ``out_dir``.
 
@@ -263,6 +317,8 @@ def export_model(
     or is left as it was. ``data_config`` is the preprocessing the model was trained with (``input_size``,
     ``mean``, ``std``, ``crop_pct``, ``interpolation``, ...); the model's own defaults fill the rest.
     ``metrics`` (e.g. ``{'top1': 97.1, 'top5': 99.9, 'epoch': 41}``) and ``train_args`` go in the card.
+    ``extra_config`` adds keys at the top level of ``config.json`` (timm's ``PretrainedCfg`` refuses unknown keys
+    inside ``pretrained_cfg``; ``timm_astro.votes_model`` keeps a votes model's task and tree there).
     """
     out_dir = Path(out_dir)  # checked by atomic_output_dir
     if isinstance(train_args, argparse.Namespace):
@@ -285,7 +341,7 @@ def export_model(
             save_for_hf(
                 model,
                 str(tmp),
-                model_config={'label_names': label_names} if label_names else None,
+                model_config={**({'label_names': label_names} if label_names else {}), **(extra_config or {})} or None,
                 # config.json names the W form, so a later change of the family's default cannot misread it
                 model_args=w_form(model.pretrained_cfg['architecture'], model.state_dict()) or None,
                 data_config=data_config,

@@ -1,16 +1,16 @@
 """A model trained on Galaxy Zoo votes, on disk: exported with its task and decision tree, loaded back with them.
 
 An export is ``timm_astro.hub.export_model``'s Hub-ready folder (``config.json``, ``model.safetensors``,
-``README.md``) whose ``config.json`` also holds, at its top level, ``"task": "votes"``, ``"tree"`` (the decision tree's
-JSON form), ``"concentration"`` (how outputs become Dirichlet concentrations) and ``label_descriptions`` (each
-answer's text); its ``label_names`` are the answers, in output order. They sit at the top level because timm's
-``PretrainedCfg`` refuses keys it does not know, so ``timm.create_model('local-dir:...', pretrained=True)`` loads the
-folder as a plain model with one output per answer, and ``load_votes_model`` puts ``task``, ``tree`` and
-``concentration`` into its ``pretrained_cfg``.
+``README.md``: a card for vote fractions) whose ``config.json`` also holds, at its top level, ``"task": "votes"``,
+``"tree"`` (the decision tree's JSON form), ``"concentration"`` (how outputs become Dirichlet concentrations) and
+``label_descriptions`` (each answer's text); its ``label_names`` are the answers, in output order. They sit at the
+top level because timm's ``PretrainedCfg`` refuses keys it does not know, so ``timm.create_model('local-dir:...',
+pretrained=True)`` loads the folder as a plain model with one output per answer, and ``load_votes_model`` puts
+``task``, ``tree`` and ``concentration`` into its ``pretrained_cfg``. Exports written before the card knew the task
+(the keys added to config.json after ``export_model``) have the same config.json and load the same way.
 """
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -35,41 +35,27 @@ def is_votes_model(model: nn.Module) -> bool:
 
 def export_votes_model(model: nn.Module, out_dir: PathLike, tree: DecisionTree, *, overwrite: bool = False,
                        **export_kwargs: Any) -> Path:
-    """``hub.export_model`` for a votes model, with the task, tree and answer texts in ``config.json``.
+    """``hub.export_model`` for a votes model, with the task, tree and answer texts in ``config.json`` and a model
+    card that says what the outputs are.
 
-    The folder is exported and completed under a temporary name beside ``out_dir`` and renamed into place, so
-    ``out_dir`` never holds an export without its tree. ``export_kwargs`` go to ``export_model`` (``data_config``,
-    ``metrics``, ``train_args``, ``dataset``); the label names are the tree's answers.
+    ``export_model`` builds the whole folder beside ``out_dir`` and renames it into place, so ``out_dir`` never
+    holds an export without its tree. ``export_kwargs`` go to ``export_model`` (``data_config``, ``metrics``,
+    ``train_args``, ``dataset``); the label names are the tree's answers.
     """
-    from timm_astro.hub import CREATED_BY, export_model
-    from timm_astro.outputs import check_output_location, is_own_output, remove_stale_partials
+    from timm_astro.hub import export_model
     if getattr(model, 'num_classes', None) != tree.n_answers:
         raise UserError(f'the model has {getattr(model, "num_classes", None)} outputs but the {tree.name} tree has '
                         f'{tree.n_answers} answers; expected one output per answer')
-    out_dir = check_output_location(out_dir, overwrite=overwrite, created_by=CREATED_BY)
-    staging = out_dir.with_name(f'.{out_dir.name}.votes-staging')
-    remove_stale_partials(out_dir)
-    if staging.exists() and is_own_output(staging, CREATED_BY):  # left by a run that died after exporting
-        shutil.rmtree(staging)
     saved_cfg = model.pretrained_cfg
     model.pretrained_cfg = {k: v for k, v in saved_cfg.items() if k not in VOTES_KEYS}  # timm refuses them there
     try:
-        export_model(model, staging, label_names=tree.answer_names, **export_kwargs)
+        return export_model(model, out_dir, label_names=tree.answer_names, overwrite=overwrite,
+                            extra_config={'task': VOTES_TASK, 'tree': tree.to_dict(),
+                                          'concentration': CONCENTRATION_MAP,
+                                          'label_descriptions': {a.name: a.text for a in tree.answers}},
+                            **export_kwargs)
     finally:
         model.pretrained_cfg = saved_cfg
-    try:
-        config_path = staging / 'config.json'
-        config = json.loads(config_path.read_text(encoding='utf-8'))
-        config.update(task=VOTES_TASK, tree=tree.to_dict(), concentration=CONCENTRATION_MAP,
-                      label_descriptions={a.name: a.text for a in tree.answers})
-        config_path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
-        if out_dir.exists():  # checked above: empty, or (overwrite) an earlier export
-            shutil.rmtree(out_dir)
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
 
 
 def _export_config(spec: str) -> Optional[Dict[str, Any]]:
