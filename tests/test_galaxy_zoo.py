@@ -145,7 +145,7 @@ def test_import_writes_both_benchmarks_with_one_split(tmp_path, capsys):
     out = tmp_path / 'gz2'
     assert main(['gz2-votes', str(src), str(out), '--test-fraction', '0.4']) == 0
     printed = capsys.readouterr().out
-    assert '24 images, 6 classes' in printed and '4 of them meet no class' in printed
+    assert '24 images, 4 classes (of 6' in printed and '4 of them meet no class' in printed
     with open(out / 'manifest.csv', newline='', encoding='utf-8') as f:
         manifest = list(csv.DictReader(f))
     assert len(manifest) == 24
