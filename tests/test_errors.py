@@ -131,6 +131,28 @@ def _nan_flipped(world, tmp: Path) -> Path:
     return _damaged_export(world, tmp, weights=data[:at] + struct.pack('<I', 0x7FC00000) + data[at + 4:])
 
 
+def _data(tmp: Path) -> Path:
+    """A labelled ImageFolder of four 8x8 images in two classes."""
+    from PIL import Image
+    for i in range(4):
+        folder = tmp / 'data' / LABELS[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new('RGB', (8, 8), (i * 60, 0, 0)).save(folder / f'{i}.png')
+    return tmp / 'data'
+
+
+def _state_dict(world, tmp: Path) -> Path:
+    torch.save(world.model.state_dict(), tmp / 'weights.pth')
+    return tmp / 'weights.pth'
+
+
+def _garbage(tmp: Path) -> Path:
+    """Printable bytes that are no CSV of train.py's: it parses, with no epoch column, and gave no metrics."""
+    (tmp / 'garbage.csv').write_bytes(bytes(torch.randint(33, 127, (3000,), generator=torch.Generator().manual_seed(0),
+                                                          dtype=torch.uint8).tolist()))
+    return tmp / 'garbage.csv'
+
+
 def _file(path: Path) -> Path:
     path.write_text('keep me\n')
     return path
@@ -185,6 +207,40 @@ CASES = {
         ['run', str(t), 'data'], '{tmp}: is a folder, not a script', None),
     '22b models --num-classes -5': lambda w, t, s: (
         ['models', '--num-classes', '-5'], 'argument --num-classes: expected a whole number of at least 1', None),
+    # issue 29: options that contradict the model, or that timm would run as something else
+    '29 --num-classes that differs from the export': lambda w, t, s: (
+        ['evaluate', f'local-dir:{w.export}', str(_data(t)), '--output', str(t / 'out'), '--num-classes', '5'],
+        'num_classes 5 was asked for, but the weights of local-dir:{tmp_root}/export predict 3 classes', t / 'out'),
+    '29 --num-classes that differs from the checkpoint': lambda w, t, s: (
+        ['evaluate', str(w.ckpt), str(_data(t)), '--output', str(t / 'out'), '--num-classes', '2'],
+        'num_classes 2 was asked for, but the weights of', t / 'out'),
+    '29 --num-classes -1': lambda w, t, s: (
+        ['evaluate', str(w.ckpt), str(_data(t)), '--num-classes', '-1'],
+        "argument --num-classes: expected a whole number of at least 1, got '-1'", None),
+    '29 --std 0 0 0': lambda w, t, s: (
+        ['evaluate', str(w.ckpt), str(_data(t)), '--std', '0', '0', '0'],
+        "argument --std: expected a finite number above 0, got '0'", None),
+    '29 --crop-pct nan': lambda w, t, s: (
+        ['predict', str(w.ckpt), str(_data(t)), '--crop-pct', 'nan'],
+        "argument --crop-pct: expected a fraction in (0, 1] (1: no crop), got 'nan'", None),
+    '29 --crop-pct 0': lambda w, t, s: (
+        ['evaluate', str(w.ckpt), str(_data(t)), '--crop-pct', '0'],
+        "argument --crop-pct: expected a fraction in (0, 1] (1: no crop), got '0'", None),
+    '29 --interpolation foo': lambda w, t, s: (
+        ['evaluate', str(w.ckpt), str(_data(t)), '--interpolation', 'foo'],
+        "argument --interpolation: invalid choice: 'foo'", None),
+    '29 --device foo': lambda w, t, s: (
+        ['evaluate', str(w.ckpt), str(_data(t)), '--device', 'foo'],
+        "argument --device: expected a torch device such as cpu, cuda or cuda:1, got 'foo'", None),
+    '29 --device cuda:7': lambda w, t, s: (
+        ['predict', str(w.ckpt), str(_data(t)), '--device', 'cuda:7'], "argument --device: 'cuda:7': ", None),
+    '29 a bare state dict as MODEL': lambda w, t, s: (
+        ['evaluate', str(_state_dict(w, t)), str(_data(t)), '--output', str(t / 'out')],
+        'weights.pth: is a bare state dict (weights only): it does not say which model they belong to; pass the model '
+        'name with --checkpoint', t / 'out'),
+    '29 export --summary of binary garbage': lambda w, t, s: (
+        ['export', str(w.ckpt), str(t / 'out'), '--summary', str(_garbage(t))],
+        "garbage.csv: no epoch column", t / 'out'),
     '9 an endpoint that never answers': lambda w, t, s: (
         ['push', str(w.export), 'astro/hung', '--timeout', '0.5', '--retries', '1'],
         '{url}: no answer within 0.5 s (2 attempts, creating the repo; nothing was uploaded)', None),
@@ -225,11 +281,11 @@ def test_one_clear_line_and_nothing_half_written(case, world, hub_env, tmp_path,
             code = e.code
         captured = capsys.readouterr()
         lines = captured.err.strip().splitlines()
-        if lines and lines[0].startswith('usage:'):  # an option argparse refused: usage, then the one line
-            lines = lines[1:]
+        if lines and lines[0].startswith('usage:'):  # an option argparse refused: usage (maybe wrapped), the one line
+            lines = [line for line in lines if not line.startswith(('usage:', ' '))]
         assert code == 2 and len(lines) == 1, captured.err
         assert lines[0].startswith(f'timm-astro {argv[0]}: error: '), lines[0]
-        assert expected.format(tmp=tmp_path, url=hub_env) in lines[0], lines[0]
+        assert expected.format(tmp=tmp_path, url=hub_env, tmp_root=world.root) in lines[0], lines[0]
         assert 'Traceback' not in captured.err and TOKEN not in captured.out + captured.err
         left = [p for p in tmp_path.rglob('*') if '.partial-' in p.name or '.old-' in p.name]
         assert not left and (out is None or not out.exists()), left

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -78,7 +79,12 @@ def read_summary(path: PathLike, eval_metric: str = 'top1', epoch: Optional[int]
     rows: List[Dict[str, float]] = []
     try:
         with open(path, 'r', encoding='utf-8', newline='') as f:
-            for line, row in enumerate(csv.DictReader(f), start=2):
+            reader = csv.DictReader(f)
+            if 'epoch' not in (reader.fieldnames or ()):  # anything else would give no metrics, without a word
+                shown = ', '.join(map(repr, (reader.fieldnames or [])[:4])) or 'nothing'
+                raise HubError(f"{path}: no epoch column (its first line holds {textwrap.shorten(shown, 80)}); "
+                               f"expected train.py's summary.csv (epoch, train_loss, eval_top1, ...)")
+            for line, row in enumerate(reader, start=2):
                 values = {}
                 for key, text in row.items():
                     if key is None:

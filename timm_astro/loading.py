@@ -377,17 +377,33 @@ def load_model(
     """
     if not isinstance(spec, str) or not spec:
         raise UserError(f'model {spec!r}: expected a model name, a checkpoint path, local-dir:PATH or hf-hub:ORG/NAME')
+    if checkpoint is None and timm.is_model(spec):
+        return timm.create_model(spec, **kwargs).eval()  # no weights: num_classes builds the head
+    # with weights, the head is theirs: a num_classes that differs would silently replace it with a random one
+    num_classes = kwargs.pop('num_classes', None)
     if spec.startswith(('local-dir:', 'hf-hub:')):
         if checkpoint is not None:
             raise UserError(f'{spec}: a checkpoint ({checkpoint}) goes with a model name, not with an export')
-        return _load_export(spec, allow_nan, **kwargs)
-    if checkpoint is None and not timm.is_model(spec):
+        return _same_head(_load_export(spec, allow_nan, **kwargs), num_classes, spec)
+    if checkpoint is None:
         if (Path(spec) / 'config.json').is_file():
             raise UserError(f'{spec}: is an exported folder, not a checkpoint; load it as local-dir:{spec}')
         if os.sep in spec or Path(spec).exists() or spec.endswith(('.pth', '.tar', '.pt', '.safetensors', '.bin')):
-            return model_from_checkpoint(read_train_checkpoint(spec, use_ema, args_yaml, allow_nan), **kwargs)
+            ckpt = read_train_checkpoint(spec, use_ema, args_yaml, allow_nan)
+            if ckpt.weights == 'state dict' and not ckpt.arch and not ckpt.args:
+                raise UserError(f'{spec}: is a bare state dict (weights only): it does not say which model they '
+                                f'belong to; pass the model name with --checkpoint {spec}, or give a train.py '
+                                f'checkpoint or an exported folder (local-dir:PATH)')
+            return _same_head(model_from_checkpoint(ckpt, **kwargs), num_classes, spec)
         _model_name(spec, 'neither a registered model nor a checkpoint file, local-dir:PATH or hf-hub:ORG/NAME')
     name = _model_name(spec, 'the model name given')
-    if checkpoint is None:
-        return timm.create_model(name, **kwargs).eval()
-    return model_from_checkpoint(read_train_checkpoint(checkpoint, use_ema, args_yaml, allow_nan), name, **kwargs)
+    ckpt = read_train_checkpoint(checkpoint, use_ema, args_yaml, allow_nan)
+    return _same_head(model_from_checkpoint(ckpt, name, **kwargs), num_classes, checkpoint)
+
+
+def _same_head(model: nn.Module, num_classes: Optional[int], source: Any) -> nn.Module:
+    """``model`` if ``num_classes`` (asked for) is None or what its trained head predicts; a UserError otherwise."""
+    if num_classes is not None and int(num_classes) != model.num_classes:
+        raise UserError(f'num_classes {num_classes} was asked for, but the weights of {source} predict '
+                        f'{model.num_classes} classes; leave it out (the weights decide), or load another model')
+    return model
