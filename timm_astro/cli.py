@@ -16,6 +16,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'train-votes': ('train_votes', 'train on Galaxy Zoo volunteer votes (Dirichlet-multinomial loss)'),
     'evaluate': ('evaluate', 'per-class metrics, calibration and D4 test-time symmetry on a labelled split'),
     'predict': ('predict', 'classify a folder, a list of paths or an HDF5 catalogue into a CSV'),
+    'embed': ('embed', "each image's pooled features (and nearest neighbours) for similarity search"),
     'export': ('export', 'turn a train.py checkpoint into a Hub-ready folder'),
     'push': ('push', 'upload a checkpoint or exported folder to the Hugging Face Hub'),
     'models': ('models', 'print the model table (params, GMACs, default input size)'),

@@ -332,7 +332,7 @@ def _check_model_runs(model: Callable[[torch.Tensor], Any], input_size: Sequence
     model refuses is said before any file is made."""
     try:
         model(torch.zeros((1, *input_size), device=device))
-    except torch.cuda.OutOfMemoryError:
+    except (torch.cuda.OutOfMemoryError, UserError):  # a UserError already says what is wrong
         raise
     except (ValueError, RuntimeError, AssertionError, TypeError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
