@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from timm_astro.commands import run_command
+from timm_astro.commands._catalogue_args import add_catalogue_arguments, catalogue_options
 from timm_astro.commands._model_args import (
     add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args)
 from timm_astro.evaluation.evaluate import evaluate, open_labelled_data, summary_table, write_report
@@ -36,7 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_model_arguments(parser)
     parser.add_argument('data', metavar='DATA',
                         help='an ImageFolder split (DATA/<class>/...), a folder of splits with --split, a '
-                             'Galaxy10-schema HDF5 file with --split, or (for a votes model) a vote set with --split')
+                             'Galaxy10-schema HDF5 file with --split, a catalogue CSV with a label column, or (for a '
+                             'votes model) a vote set with --split')
     parser.add_argument('--split', default=None, help='train, validation or test (of a split folder or HDF5 file)')
     parser.add_argument('--val-fraction', type=float, default=0.1, help='HDF5: the split it was prepared with')
     parser.add_argument('--test-fraction', type=float, default=0.0, help='HDF5: the split it was prepared with')
@@ -48,6 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                                'an earlier evaluation)')
     parser.add_argument('--overwrite', action='store_true', help='replace an earlier evaluation in --output')
     parser.add_argument('--no-plots', action='store_true', help='skip the PNGs (no matplotlib needed)')
+    add_catalogue_arguments(parser, labels=True)
     add_data_config_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -57,7 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_output_location(args.output, overwrite=args.overwrite, created_by='timm-astro evaluate')
         from timm_astro.data.votes import is_vote_set
         data = None if is_vote_set(args.data) else open_labelled_data(
-            args.data, args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+            args.data, args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+            catalogue=catalogue_options(args))
         model = load_model_from_args(args, PROG)
         if check_task(model, args.data, args.split, args.model):  # a votes model and a vote set; else both classes
             return run_votes(args, model)

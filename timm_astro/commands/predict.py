@@ -3,6 +3,7 @@ import argparse
 from typing import List, Optional
 
 from timm_astro.commands import run_command
+from timm_astro.commands._catalogue_args import add_catalogue_arguments, catalogue_options
 from timm_astro.commands._model_args import (
     add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args)
 from timm_astro.evaluation.predict import open_prediction_inputs, predict_to_csv, read_label_names
@@ -21,7 +22,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     'symmetric views disagree. Constant memory, atomic output, --resume after an interruption.')
     add_model_arguments(parser)
     parser.add_argument('input', metavar='INPUT', help='a folder of images (recursive), a text file of image paths '
-                                                       '(.txt/.lst) or a Galaxy10-schema HDF5 file')
+                                                       '(.txt/.lst), a Galaxy10-schema HDF5 file or a catalogue CSV')
     parser.add_argument('--out', default='predictions.csv', help='the CSV to write')
     parser.add_argument('--tta', choices=list(TTA_MODES), default='none',
                         help="'d4': average over the 8 symmetries of the square and report their disagreement")
@@ -31,11 +32,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--resume', action='store_true', help='continue an interrupted run of the same command')
     parser.add_argument('--overwrite', action='store_true', help='replace --out (and any interrupted run of it)')
     parser.add_argument('--strict', action='store_true', help='stop at the first unreadable image')
+    add_catalogue_arguments(parser)
     add_data_config_arguments(parser)
     args = parser.parse_args(argv)
 
     def run() -> None:
-        inputs = open_prediction_inputs(args.input)
+        inputs = open_prediction_inputs(args.input, catalogue_options(args))
         label_names = read_label_names(args.label_names) if args.label_names else None
         try:  # before the model loads (minutes, for a large checkpoint): a bad --out is said at once
             check_output_location(args.out, overwrite=args.overwrite or args.resume, kind='file')

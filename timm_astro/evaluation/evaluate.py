@@ -23,6 +23,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from timm_astro.data.images import ImageFiles, collate_readable, list_image_folder
+from timm_astro.data.catalogue import CATALOGUE_SUFFIXES
 from timm_astro.errors import UserError
 from timm_astro.evaluation.metrics import classification_metrics, predictive_entropy, reliability_bins
 from timm_astro.evaluation.tta import TTA_MODES, view_probabilities
@@ -108,13 +109,20 @@ def open_labelled_data(
         val_fraction: float = 0.1,
         test_fraction: float = 0.0,
         seed: int = 0,
+        catalogue: Optional[Dict[str, Any]] = None,
 ) -> LabelledData:
-    """An ImageFolder (``data`` itself, or its ``split`` sub-folder) or a Galaxy10-schema HDF5 file's ``split``.
+    """An ImageFolder (``data`` itself, or its ``split`` sub-folder), a Galaxy10-schema HDF5 file's ``split``, or a
+    catalogue CSV with a label column (``catalogue``: ``read_catalogue``'s options; its columns go into the rows).
 
     A folder that holds split folders (train, validation, val, test) needs ``split``, whatever else lies beside them.
     Images lying directly in the folder (no class folders) and earlier timm-astro outputs inside it are refused.
     """
     path = Path(data)
+    if path.suffix.lower() in CATALOGUE_SUFFIXES:
+        if split:
+            raise UserError(f'{path}: a catalogue is one set of objects, with no splits; drop --split, or pass a '
+                            f'catalogue of the split')
+        return _open_catalogue(path, catalogue or {})
     if not path.exists():
         raise UserError(f'{path}: no such file or folder; expected an ImageFolder split (DATA/test/<class>/...) or '
                         f'a Galaxy10-schema HDF5 file')
@@ -139,6 +147,17 @@ def open_labelled_data(
         raise UserError(f'{root} holds the splits {", ".join(_has_split_folders(root))}: pass --split (e.g. test), '
                         f'or the split folder itself')
     return _open_image_folder(root)
+
+
+def _open_catalogue(path: Path, options: Dict[str, Any]) -> LabelledData:
+    """A catalogue's objects, scored against its label column (class indices or names, ``class_indices``)."""
+    from timm_astro.data.catalogue import CatalogueImages, class_indices, read_catalogue
+    table = read_catalogue(path, **{'label_column': 'label', **options})
+    class_names, targets = class_indices(table.labels)
+    dataset = (ImageFiles([(str(p), t) for p, t in zip(table.paths, targets)]) if table.hdf5 is None
+               else CatalogueImages(table, targets))  # files through the one reader evaluate uses for a folder
+    columns = dict(list(table.columns.items())[1:])  # the id column is the rows' own id
+    return LabelledData(dataset, str(path), class_names, table.ids, targets, columns)
 
 
 def label_names_for(model: nn.Module, data_class_names: Sequence[str]) -> List[str]:
