@@ -92,7 +92,9 @@ def open_prediction_inputs(source: PathLike, catalogue: Optional[Dict[str, Any]]
     path = Path(source)
     if path.suffix.lower() in CATALOGUE_SUFFIXES:
         table = read_catalogue(path, **(catalogue or {}))
-        return PredictionInputs(table.ids, table.columns, table.load, str(path))
+        files = [str(p) for p in table.paths]  # read as a folder's files are; HDF5 rows as an HDF5 input's
+        load = table.load if table.hdf5 is not None else (lambda i: _load_file(files[i]))
+        return PredictionInputs(table.ids, table.columns, load, str(path))
     if not path.exists():
         raise UserError(f'{path}: no such file or folder; expected a folder of images, a text file of image paths, '
                         f'a Galaxy10-schema HDF5 file or a catalogue CSV')
