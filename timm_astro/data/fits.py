@@ -10,13 +10,17 @@ Which data a file gives, so that one rule holds for every command:
 * Pixels are returned as they are (NaN included): ``timm_astro.data.stretch.Stretch`` decides what they become.
   Rows are flipped so that row 0 is the top of the picture, as in PNG/JPEG cutouts of the same sky (FITS counts
   rows from the bottom).
+* As for PNGs (``timm_astro.data.images``), data of more values than Pillow's ``Image.MAX_IMAGE_PIXELS`` are
+  refused before they are read (a gzipped header can declare gigabytes), and a truncated file is unreadable, not
+  read with the missing pixels made up.
 """
 import os
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import BinaryIO, Optional, Sequence, Union
 
 import numpy as np
+from PIL import Image
 
 from timm_astro.errors import MissingDependency, UserError
 
@@ -40,6 +44,11 @@ def _astropy_fits():
 
 
 def _image_data(hdu, source: str) -> np.ndarray:
+    shape = getattr(hdu, 'shape', None) or ()
+    values = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if values > Image.MAX_IMAGE_PIXELS:
+        raise UserError(f"{source}: HDU {hdu.name or 0} declares {values:,} values (shape {tuple(shape)}), over "
+                        f"Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS): not read")
     data = hdu.data
     if data is None or not hasattr(data, 'ndim') or data.dtype.names is not None:
         raise UserError(f'{source}: HDU {hdu.name or 0} has no image data')
@@ -59,46 +68,61 @@ def _has_image(hdu) -> bool:
     return getattr(hdu, 'is_image', False) and hdu.header.get('NAXIS', 0) >= 2
 
 
-def read_fits(path: Union[str, os.PathLike], hdu: Optional[HduKey] = None,
-              bands: Optional[Sequence[HduKey]] = None) -> np.ndarray:
-    """The image of a FITS file as a float32 array ``(bands, height, width)``, row 0 at the top."""
+def read_fits(path: Union[str, os.PathLike, BinaryIO], hdu: Optional[HduKey] = None,
+              bands: Optional[Sequence[HduKey]] = None, source: Optional[str] = None) -> np.ndarray:
+    """The image of a FITS file as a float32 array ``(bands, height, width)``, row 0 at the top.
+
+    ``path`` may be a file opened in binary mode (``timm_astro.data.images`` opens files by its own rules);
+    ``source`` names it in messages (default: ``path``)."""
+    from astropy.utils.exceptions import AstropyUserWarning
     fits = _astropy_fits()
-    source = str(path)
+    source = source or str(getattr(path, 'name', path))
     if hdu is not None and bands is not None:
         raise UserError('give hdu or bands, not both')
+    opened = path if hasattr(path, 'read') else Path(path)
     try:
-        with warnings.catch_warnings(), fits.open(Path(path), memmap=False, lazy_load_hdus=False) as hdus:
+        with warnings.catch_warnings():
             # survey headers often carry cards astropy cannot verify (tabs in comments): the pixels are fine
             warnings.simplefilter('ignore', fits.verify.VerifyWarning)
-            if bands is not None:
-                planes = []
-                for key in bands:
-                    if key not in hdus:
-                        raise UserError(f'{source}: no HDU {key!r}; it has ' + ', '.join(
-                            repr(h.name or i) for i, h in enumerate(hdus)))
-                    plane = _image_data(hdus[key], source)
-                    if plane.shape[0] != 1:
-                        raise UserError(f'{source}: HDU {key!r} is a cube of {plane.shape[0]} planes; expected '
-                                        f'one band per named HDU')
-                    planes.append(plane[0])
-                shapes = {p.shape for p in planes}
-                if len(shapes) > 1:
-                    raise UserError(f'{source}: the bands {list(bands)} have different shapes {sorted(shapes)}')
-                data = np.stack(planes)
-            elif hdu is not None:
-                if hdu not in hdus:
-                    raise UserError(f'{source}: no HDU {hdu!r}; it has ' + ', '.join(
-                        repr(h.name or i) for i, h in enumerate(hdus)))
-                data = _image_data(hdus[hdu], source)
-            else:
-                found = next((h for h in hdus if _has_image(h)), None)
-                if found is None:
-                    raise UserError(f'{source}: no HDU holds image data (it has '
-                                    + ', '.join(type(h).__name__ for h in hdus) + ')')
-                data = _image_data(found, source)
-            data = np.ascontiguousarray(data[:, ::-1, :], dtype=np.float32)
+            # a short file is only warned about by astropy, then read with the missing pixels made up
+            warnings.filterwarnings('error', message='.*truncated', category=AstropyUserWarning)
+            with fits.open(opened, memmap=False, lazy_load_hdus=False) as hdus:
+                data = _select(hdus, hdu, bands, source)
+                return np.ascontiguousarray(data[:, ::-1, :], dtype=np.float32)
     except UserError:
         raise
-    except (OSError, ValueError, TypeError) as e:  # not FITS, truncated, bad header
+    except AstropyUserWarning as e:
+        raise UserError(f'{source}: a truncated FITS file ({" ".join(str(e).split())[:200]})') from None
+    except (OSError, ValueError, TypeError, IndexError, KeyError) as e:  # not FITS, bad header, short data
         raise UserError(f'{source}: not a readable FITS file ({" ".join(str(e).split())[:200]})') from None
-    return data
+
+
+def _named_hdu(hdus, key: HduKey, source: str):
+    found = (0 <= key < len(hdus)) if isinstance(key, int) else key in hdus
+    if not found:
+        raise UserError(f'{source}: no HDU {key!r}; it has ' + ', '.join(
+            repr(h.name or i) for i, h in enumerate(hdus)))
+    return hdus[key]
+
+
+def _select(hdus, hdu: Optional[HduKey], bands: Optional[Sequence[HduKey]], source: str) -> np.ndarray:
+    """The ``(bands, height, width)`` data the module's rules pick from an open file."""
+    if bands is not None:
+        planes = []
+        for key in bands:
+            plane = _image_data(_named_hdu(hdus, key, source), source)
+            if plane.shape[0] != 1:
+                raise UserError(f'{source}: HDU {key!r} is a cube of {plane.shape[0]} planes; expected one band per '
+                                f'named HDU')
+            planes.append(plane[0])
+        shapes = {p.shape for p in planes}
+        if len(shapes) > 1:
+            raise UserError(f'{source}: the bands {list(bands)} have different shapes {sorted(shapes)}')
+        return np.stack(planes)
+    if hdu is not None:
+        return _image_data(_named_hdu(hdus, hdu, source), source)
+    found = next((h for h in hdus if _has_image(h)), None)
+    if found is None:
+        raise UserError(f'{source}: no HDU holds image data (it has '
+                        + ', '.join(type(h).__name__ for h in hdus) + ')')
+    return _image_data(found, source)

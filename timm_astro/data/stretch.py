@@ -20,10 +20,19 @@ import numpy as np
 
 from timm_astro.errors import UserError
 
-__all__ = ['Stretch', 'STRETCH_KINDS']
+__all__ = ['Stretch', 'StretchError', 'STRETCH_KINDS']
 
 STRETCH_KINDS = ('linear', 'asinh')
 Limit = Union[None, float, Sequence[float]]
+
+
+class StretchError(UserError):
+    """Data the stretch cannot turn into input (a band with no finite pixel, a band count its limits lack):
+    ``'<source>: <reason>'``, with ``reason`` kept for readers that name the file their own way."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f'{source}: {reason}')
+        self.reason = reason
 
 
 def _finite_number(value: Any, name: str) -> float:
@@ -65,12 +74,19 @@ class Stretch:
         values = [value] if isinstance(value, (int, float)) else list(value)
         return [_finite_number(v, name) for v in values]
 
-    def _limits(self, band: np.ndarray, index: int, bands: int):
+    def limit_bands(self) -> Optional[int]:
+        """How many bands the fixed limits are for (None: percentiles, or one pair for every band)."""
+        if self.low is None or isinstance(self.low, (int, float)):
+            return None
+        count = len(self._per_band(self.low, 'low'))
+        return None if count == 1 else count
+
+    def _limits(self, band: np.ndarray, index: int, bands: int, source: str):
         if self.low is None:
             return np.percentile(band, [self.low_percentile, self.high_percentile])
         lows, highs = self._per_band(self.low, 'low'), self._per_band(self.high, 'high')
         if len(lows) not in (1, bands):
-            raise UserError(f'the stretch has limits for {len(lows)} bands; the image has {bands}')
+            raise StretchError(source, f'the stretch has limits for {len(lows)} bands; the image has {bands}')
         pick = 0 if len(lows) == 1 else index
         return lows[pick], highs[pick]
 
@@ -78,13 +94,13 @@ class Stretch:
         """``data`` shaped ``(bands, height, width)`` in any numeric dtype -> float32 in [0, 1], same shape."""
         data = np.asarray(data, dtype=np.float64)
         if data.ndim != 3:
-            raise UserError(f'{source}: expected bands x height x width data, got shape {data.shape}')
+            raise StretchError(source, f'expected bands x height x width data, got shape {data.shape}')
         out = np.zeros(data.shape, dtype=np.float32)
         for index, band in enumerate(data):
             finite = np.isfinite(band)
             if not finite.any():
-                raise UserError(f'{source}: band {index} has no finite pixel (all NaN or inf); expected image data')
-            low, high = self._limits(band[finite], index, len(data))
+                raise StretchError(source, f'band {index} has no finite pixel (all NaN or inf); expected image data')
+            low, high = self._limits(band[finite], index, len(data), source)
             scaled = np.zeros_like(band)
             if high > low:  # a flat band stays 0 rather than dividing by zero
                 scaled = np.clip((np.where(finite, band, low) - low) / (high - low), 0.0, 1.0)
@@ -110,6 +126,12 @@ class Stretch:
             raise UserError(f"unknown stretch parameter {unknown[0]!r}; expected some of "
                             f"{', '.join(cls.__dataclass_fields__)}")
         return cls(**config)
+
+    def __str__(self) -> str:
+        """The parameters that differ from the defaults, as ``parse`` reads them: ``asinh:softening=0.05``."""
+        changed = [f'{k}={v}' for k, v in self.to_config().items()
+                   if k != 'kind' and v != self.__dataclass_fields__[k].default]
+        return self.kind + (':' + ','.join(changed) if changed else '')
 
     @classmethod
     def parse(cls, text: str) -> 'Stretch':

@@ -5,7 +5,9 @@ Galaxy10-schema HDF5 file; ``evaluate`` runs the model over it once per symmetry
 prediction (the identity view) and the view average; ``write_report`` writes ``metrics.json``,
 ``confusion_matrix.png``, ``reliability.png`` and ``predictions.csv`` into a folder, atomically.
 
-Images are read by ``timm_astro.data.images`` (its rules: which files are opened, how 16-bit pixels become 8 bits).
+Images are read by ``timm_astro.data.images`` (its rules: which files are opened, how 16-bit pixels become 8 bits;
+FITS files and N-band data through the stretch the model records, ``reader_for_model``, or ``stretch`` for a model
+that records none; data whose band count differs from the model's are refused in one line before any work).
 Every image is scored as itself or left out as unreadable: ``Evaluation.left_out`` and ``metrics.json`` list each
 one with its reason, and the metrics cover the rest. A folder holding split folders needs ``split``; the classes of
 one split are those of all its sibling splits, so a split that lacks a class keeps the class indices of the others.
@@ -88,7 +90,7 @@ def _open_image_folder(root: Path) -> LabelledData:
     samples, class_to_idx = list_image_folder(root)
     if not samples:
         raise UserError(f'{root}: no images found; expected {root}/<class name>/<image files> '
-                        f'({", ".join(get_img_extensions())})')
+                        f'({", ".join(get_img_extensions())}, .fits)')
     names = {index: name for name, index in class_to_idx.items()}
     loose = [Path(p).name for p, t in samples if names[t] == '']
     if loose:
@@ -239,6 +241,7 @@ class Evaluation:
     data_config: Dict[str, Any]
     warnings: List[str] = field(default_factory=list)
     left_out: List[Tuple[str, str]] = field(default_factory=list)  # (item id, reason) of each image not read
+    reader: ImageReader = field(default_factory=ImageReader)  # how files became input (stretch, FITS bands)
 
     def probs(self, mode: str) -> torch.Tensor:
         return self.view_probs[:, 0] if mode == 'none' else self.view_probs.mean(1)
@@ -254,12 +257,17 @@ def evaluate(
         workers: int = 0,
         device: Union[str, torch.device] = 'cpu',
         progress: bool = True,
+        stretch: Union[None, str, Stretch] = None,
+        hdu: Union[None, int, str] = None,
+        bands: Optional[Sequence[Union[int, str]]] = None,
 ) -> Evaluation:
     """Score ``model`` on ``data`` without and (``tta`` 'flip' or 'd4') with test-time symmetry averaging.
 
     ``data_config`` defaults to ``timm.data.resolve_model_data_config(model)`` (the model's own input size,
-    interpolation, crop and normalisation); the same eval transform as timm's validate.py is used. An image that
-    cannot be read is left out, listed in ``left_out`` and warned about; none readable raises ``UserError``.
+    interpolation, crop and normalisation); the same eval transform as timm's validate.py is used. Files are read
+    as ``timm_astro.data.images.reader_for_model(model, stretch, hdu, bands)`` says (FITS and N-band data through the
+    model's stretch). An image that cannot be read is left out, listed in ``left_out`` and warned about; none
+    readable, or data of another band count than the model's, raises ``UserError``.
     """
     from timm.data import create_loader, resolve_model_data_config
     if tta not in TTA_MODES:
@@ -270,8 +278,16 @@ def evaluate(
     if mismatched and label_names != data.class_names:
         warnings.append(f"the model's label names and the data's class folders differ at {len(mismatched)} "
                         f"position(s) ({'; '.join(mismatched[:3])}): check that both use the same class order")
+    reader = reader_for_model(model, stretch, hdu, bands)
+    if isinstance(data.dataset, ImageFiles):
+        data.dataset.reader = reader
+        reader.check(path for path, _ in data.dataset.samples)  # data that do not fit the model: one line, now
+    elif reader.stretch is not None or reader.hdu is not None or reader.bands is not None:
+        raise UserError(f'{data.source}: holds 8-bit images, but the model reads its input through the stretch '
+                        f'{reader.stretch}: evaluate it on data of the kind it was trained on (FITS, N bands)')
     config = resolve_model_data_config(model)
     config.update(data_config or {})
+    config = band_data_config(config, reader.in_chans)
     loader = create_loader(
         data.dataset, input_size=config['input_size'], batch_size=batch_size, is_training=False,
         interpolation=config['interpolation'], mean=config['mean'], std=config['std'], crop_pct=config['crop_pct'],
@@ -299,7 +315,7 @@ def evaluate(
     if tta != 'none':
         metrics[tta] = classification_metrics(view_probs.mean(1), targets, label_names)
     name = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__
-    return Evaluation(name, data, label_names, tta, view_probs, targets, metrics, config, warnings, left_out)
+    return Evaluation(name, data, label_names, tta, view_probs, targets, metrics, config, warnings, left_out, reader)
 
 
 SUMMARY_KEYS = ('top1', 'top5', 'balanced_accuracy', 'macro_f1', 'log_loss', 'ece')
@@ -341,6 +357,18 @@ def _csv_rows(evaluation: Evaluation) -> List[List[Any]]:
     return rows
 
 
+def _reader_entries(reader: ImageReader) -> Dict[str, Any]:
+    """How files became input, for metrics.json: the stretch and FITS bands, when there were any."""
+    entries: Dict[str, Any] = {}
+    if reader.stretch is not None:
+        entries['stretch'] = reader.stretch.to_config()
+    if reader.hdu is not None:
+        entries['fits_hdu'] = reader.hdu
+    if reader.bands is not None:
+        entries['fits_bands'] = list(reader.bands)
+    return entries
+
+
 def write_report(evaluation: Evaluation, out_dir: PathLike, *, overwrite: bool = False,
                  extra: Optional[Dict[str, Any]] = None, plots: bool = True) -> Path:
     """Write ``metrics.json``, ``predictions.csv`` and (``plots``, needs matplotlib) ``confusion_matrix.png`` and
@@ -360,6 +388,7 @@ def write_report(evaluation: Evaluation, out_dir: PathLike, *, overwrite: bool =
             'label_names': evaluation.label_names,
             'tta': evaluation.tta,
             'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in evaluation.data_config.items()},
+            **_reader_entries(evaluation.reader),
             'metrics': {('plain' if m == 'none' else f'tta_{m}'): v for m, v in evaluation.metrics.items()},
             'warnings': evaluation.warnings,
             **(extra or {}),
