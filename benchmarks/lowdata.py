@@ -217,13 +217,14 @@ def build_model(spec: str, num_classes: int, recipe: Dict[str, Any], seed: int) 
 
 
 def probe_step_cost(model: torch.nn.Module, dataset, targs: argparse.Namespace, data_config: Dict[str, Any],
-                    num_classes: int, args: argparse.Namespace) -> Dict[str, float]:
+                    num_classes: int, args: argparse.Namespace,
+                    loss_fn: Optional[torch.nn.Module] = None) -> Dict[str, float]:
     """CPU-seconds per optimizer step of this model at this batch and input size, data loading included: a few
     steps of a copy of the model (the first, which allocates and starts the loader, left out; the median of the
-    rest)."""
+    rest). ``loss_fn``: another task's loss, as the run will train with (votes_benchmark.py)."""
     result = train_classifier(copy.deepcopy(model), dataset, targs, data_config=data_config, num_classes=num_classes,
                               device=torch.device(args.device), workers=args.workers, steps=args.probe_steps + 1,
-                              log_every=1)
+                              log_every=1, loss_fn=loss_fn)
     elapsed = [h['cpu_s'] for h in result.history]
     per_step = [b - a for a, b in zip(elapsed, elapsed[1:])]
     return {'steps': len(per_step), 'cpu_s_per_step': round(statistics.median(per_step), 5),
