@@ -33,7 +33,8 @@ from timm.models._hub import generate_readme  # not re-exported by timm.models
 
 from timm_astro.environment import hub_endpoint_problem
 from timm_astro.errors import UserError
-from timm_astro.loading import existing_file, load_model, model_from_checkpoint, read_train_checkpoint, w_form
+from timm_astro.loading import (
+    INPUT_KEYS, existing_file, input_entries, load_model, model_from_checkpoint, read_train_checkpoint, w_form)
 from timm_astro.outputs import atomic_output_dir, check_output_location
 from timm_astro.version import __version__
 
@@ -203,6 +204,13 @@ def _model_card(
             for q in votes_tree['questions']}
     elif config.get('label_names'):  # export_model writes them as a list of strings
         details['Labels'] = ', '.join(f'{i}: {n}' for i, n in enumerate(config['label_names']))
+    if config.get('stretch'):  # the model reads survey data (FITS, N bands) through it: timm_astro.data.images
+        from timm_astro.data.stretch import Stretch
+        details['Input stretch'] = (f"{Stretch.from_config(config['stretch'])} per band, to [0, 1] (config.json "
+                                    f"'stretch'; timm-astro evaluate/predict apply it)")
+        for key in ('fits_hdu', 'fits_bands'):
+            if config.get(key) is not None:
+                details['Input stretch'] += f'; FITS {key[5:]}: {_fmt(config[key])}'
     if dataset:
         details['Dataset'] = dataset
     if is_astroformer:
@@ -316,6 +324,9 @@ def export_model(
         overwrite: bool = False,
         weights_note: Optional[str] = None,
         extra_config: Optional[Mapping[str, Any]] = None,
+        stretch: Optional[Any] = None,
+        fits_hdu: Optional[Union[int, str]] = None,
+        fits_bands: Optional[Sequence[Union[int, str]]] = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card for ``model`` into ``out_dir``.
 
@@ -325,6 +336,10 @@ def export_model(
     ``metrics`` (e.g. ``{'top1': 97.1, 'top5': 99.9, 'epoch': 41}``) and ``train_args`` go in the card.
     ``extra_config`` adds keys at the top level of ``config.json`` (timm's ``PretrainedCfg`` refuses unknown keys
     inside ``pretrained_cfg``; ``timm_astro.votes_model`` keeps a votes model's task and tree there).
+    ``stretch`` (a ``timm_astro.data.stretch.Stretch`` or its config), ``fits_hdu`` and ``fits_bands`` say how the
+    model's input was made from survey data; they default to the model's own (``pretrained_cfg``) and go to the top
+    level of ``config.json`` (``timm_astro.loading.INPUT_KEYS``), where ``load_model`` reads them back and
+    ``evaluate`` / ``predict`` apply them again.
     """
     out_dir = Path(out_dir)  # checked by atomic_output_dir
     if isinstance(train_args, argparse.Namespace):
@@ -341,8 +356,13 @@ def export_model(
     data_config = dict(data_config or {})
     if data_config.get('input_size') is None and data_config.get('img_size') is None:
         data_config['input_size'] = tuple(get_model_input_config(model)['input_size'])
+    own = model.pretrained_cfg
+    given = {'stretch': stretch.to_config() if hasattr(stretch, 'to_config') else stretch, 'fits_hdu': fits_hdu,
+             'fits_bands': list(fits_bands) if fits_bands is not None else None}
+    inputs = input_entries({k: own.get(k) if given[k] is None else given[k] for k in INPUT_KEYS}, 'export_model')
     with atomic_output_dir(out_dir, CREATED_BY, overwrite=overwrite) as tmp:
         os.chmod(tmp, 0o755)
+        model.pretrained_cfg = {k: v for k, v in own.items() if k not in INPUT_KEYS}  # PretrainedCfg refuses them
         try:
             save_for_hf(
                 model,
@@ -362,7 +382,12 @@ def export_model(
             if code is None:
                 raise
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp / EXPORT_FILES[1])) from None
+        finally:
+            model.pretrained_cfg = own
         config = json.loads((tmp / 'config.json').read_text(encoding='utf-8'))
+        if inputs:
+            config.update(inputs)
+            (tmp / 'config.json').write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
         readme = _model_card(model, config, out_dir.name, metrics, train_args, dataset, weights_note)
         (tmp / 'README.md').write_text(readme, encoding='utf-8')
     return out_dir

@@ -3,7 +3,10 @@
 ``spec`` is a registered model name (with an optional checkpoint), a train.py checkpoint alone (the architecture,
 num_classes, data config and label names come from the run's arguments), ``local-dir:PATH`` (a folder written by
 ``timm-astro export`` or timm's ``save_for_hf``) or ``hf-hub:ORG/NAME``. The model comes back in eval mode with its
-``pretrained_cfg`` holding the preprocessing it was trained with and, when known, ``label_names``.
+``pretrained_cfg`` holding the preprocessing it was trained with and, when known, ``label_names`` and how its input
+is read (``INPUT_KEYS``: the stretch that turns survey data into input, and the FITS hdu or bands; an export keeps
+them at the top level of ``config.json``, since timm's ``PretrainedCfg`` refuses keys it does not know, and a
+train.py run in its args, as ``label_names``).
 
 Nothing is ever unpickled with code: torch checkpoints are zip archives whose CRC-32s are verified first (torch.load
 does not check them, so damaged tensor data would load as silently different weights), then read with
@@ -34,9 +37,12 @@ import timm_astro  # noqa: F401  (registers the models before any name is looked
 from timm_astro.errors import UserError
 from timm_astro.models.astroformer_fullres import w_form_kwargs
 
-__all__ = ['load_model', 'TrainCheckpoint', 'read_train_checkpoint', 'model_from_checkpoint', 'check_finite']
+__all__ = ['load_model', 'TrainCheckpoint', 'read_train_checkpoint', 'model_from_checkpoint', 'check_finite',
+           'INPUT_KEYS', 'input_entries']
 
 PathLike = Union[str, os.PathLike]
+# how a model's input is read (timm_astro.data.images.reader_for_model): pretrained_cfg keys, and config.json's
+INPUT_KEYS = ('stretch', 'fits_hdu', 'fits_bands')
 CHECKPOINT = "a train.py checkpoint (model_best.pth.tar / last.pth.tar) or a state dict (.pth, .safetensors)"
 
 
@@ -307,7 +313,31 @@ def model_from_checkpoint(ckpt: TrainCheckpoint, model_name: Optional[str] = Non
     model.pretrained_cfg['num_classes'] = model.num_classes
     if label_names is not None:
         model.pretrained_cfg['label_names'] = [str(n) for n in label_names]
+    model.pretrained_cfg.update(input_entries(args, source))  # a stretch given as a train.py --config key
     return model.eval()
+
+
+def input_entries(found: Mapping[str, Any], source: Any) -> Dict[str, Any]:
+    """The ``INPUT_KEYS`` of ``found`` (config.json, a run's args), checked: an impossible stretch, or an hdu or
+    bands of the wrong type, is a UserError naming ``source``."""
+    from timm_astro.data.stretch import Stretch
+    entries: Dict[str, Any] = {}
+    if found.get('stretch') is not None:
+        try:
+            entries['stretch'] = Stretch.from_config(found['stretch']).to_config()
+        except UserError as e:
+            raise UserError(f'{source}: {e}') from None
+    hdu, bands = found.get('fits_hdu'), found.get('fits_bands')
+    if hdu is not None:
+        if isinstance(hdu, bool) or not isinstance(hdu, (int, str)):
+            raise UserError(f'{source}: fits_hdu is {hdu!r}; expected an HDU index or EXTNAME')
+        entries['fits_hdu'] = hdu
+    if bands is not None:
+        if not isinstance(bands, (list, tuple)) or not bands or \
+                not all(isinstance(b, (int, str)) and not isinstance(b, bool) for b in bands):
+            raise UserError(f'{source}: fits_bands is {bands!r}; expected a list of HDU indices or EXTNAMEs')
+        entries['fits_bands'] = list(bands)
+    return entries
 
 
 def _hub_file(spec: str, filename: str) -> str:
@@ -352,6 +382,13 @@ def _load_export(spec: str, allow_nan: bool = False, **kwargs: Any) -> nn.Module
         raise UserError(f'{spec}: does not load with timm ({type(e).__name__}: {detail}); expected an export: '
                         f'config.json naming a registered architecture, and weights that fit it') from None
     check_finite(model.state_dict(), _hub_file(spec, 'model.safetensors'), allow_nan, 'export or download it again')
+    config_file = _hub_file(spec, 'config.json')
+    try:
+        found = json.loads(Path(config_file).read_text(encoding='utf-8')) if Path(config_file).is_file() else {}
+    except (OSError, ValueError):
+        found = {}  # timm read it a moment ago
+    if isinstance(found, dict):
+        model.pretrained_cfg = {**model.pretrained_cfg, **input_entries(found, config_file)}
     return model.eval()
 
 
