@@ -14,6 +14,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'galaxy10': ('galaxy10', 'turn the published Galaxy10 HDF5 file into an ImageFolder'),
     'import': ('import_images', 'turn your copy of a public set of real galaxy images into an ImageFolder'),
     'train-votes': ('train_votes', 'train on Galaxy Zoo volunteer votes (Dirichlet-multinomial loss)'),
+    'train-fits': ('train_fits', 'train on FITS / N-band cutouts with a stretch recorded in the export'),
     'evaluate': ('evaluate', 'per-class metrics, calibration and D4 test-time symmetry on a labelled split'),
     'predict': ('predict', 'classify a folder, a list of paths or an HDF5 catalogue into a CSV'),
     'embed': ('embed', "each image's pooled features (and nearest neighbours) for similarity search"),

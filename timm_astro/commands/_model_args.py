@@ -7,7 +7,8 @@ from typing import Any, Dict
 from timm_astro.commands import positive_int
 from timm_astro.errors import UserError
 
-__all__ = ['add_model_arguments', 'add_data_config_arguments', 'data_config_overrides', 'load_model_from_args']
+__all__ = ['add_model_arguments', 'add_data_config_arguments', 'data_config_overrides', 'load_model_from_args',
+           'reader_options']
 
 # the names timm's transforms accept (timm.data.transforms.str_to_interp_mode)
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'box', 'hamming', 'lanczos')
@@ -64,6 +65,34 @@ def torch_device(value: str) -> str:
     return value
 
 
+def hdu_key(value: str):
+    """argparse type: a FITS HDU by index (a whole number) or EXTNAME."""
+    return int(value) if value.strip().isdigit() else value.strip()
+
+
+def band_keys(value: str) -> tuple:
+    """argparse type: FITS HDUs, comma-separated (indices or EXTNAMEs)."""
+    keys = tuple(hdu_key(v) for v in value.split(',') if v.strip())
+    if not keys:
+        raise argparse.ArgumentTypeError(f'expected HDU names or indices separated by commas, got {value!r}')
+    return keys
+
+
+def reader_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """``stretch``, ``hdu`` and ``bands`` for ``timm_astro.data.images.reader_for_model`` (an impossible
+    ``--stretch`` is one line, before the model loads)."""
+    from timm_astro.data.stretch import Stretch
+    stretch = None
+    if args.stretch is not None:
+        try:
+            stretch = Stretch.parse(args.stretch)
+        except UserError as e:
+            raise UserError(f'--stretch {args.stretch}: {e}') from None
+    if args.hdu is not None and args.bands is not None:
+        raise UserError('give --hdu or --bands, not both')
+    return {'stretch': stretch, 'hdu': args.hdu, 'bands': args.bands}
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('model', metavar='MODEL',
                         help='a registered model name (with --checkpoint), a train.py checkpoint, local-dir:PATH or '
@@ -81,8 +110,18 @@ def add_data_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--img-size', type=positive_int, default=None, help='input height and width')
     group.add_argument('--crop-pct', type=crop_fraction, default=None, help='center crop fraction, in (0, 1]')
     group.add_argument('--interpolation', choices=INTERPOLATIONS, default=None, help='resize interpolation')
-    group.add_argument('--mean', type=finite_float, nargs=3, default=None, metavar=('R', 'G', 'B'))
-    group.add_argument('--std', type=positive_float, nargs=3, default=None, metavar=('R', 'G', 'B'))
+    group.add_argument('--mean', type=finite_float, nargs='+', default=None, metavar='M',
+                       help='one per band (R G B for colour images), or one for all')
+    group.add_argument('--std', type=positive_float, nargs='+', default=None, metavar='S',
+                       help='one per band, or one for all')
+    group.add_argument('--stretch', default=None, metavar='SPEC',
+                       help="for a model that records none: how FITS / 16-bit / float data become input, per band, "
+                            "e.g. asinh, linear, 'asinh:softening=0.05,low_percentile=1,high_percentile=99.5' "
+                            "(timm_astro.data.stretch); a model trained with one applies its own")
+    group.add_argument('--hdu', type=hdu_key, default=None, metavar='HDU',
+                       help='FITS: the HDU holding the image (index or EXTNAME; default: the first image)')
+    group.add_argument('--bands', type=band_keys, default=None, metavar='B1,B2,...',
+                       help='FITS: one band per named image HDU, in this order (e.g. G,R,Z)')
     parser.add_argument('--batch-size', type=positive_int, default=64)
     parser.add_argument('--workers', type=int, default=2, help='DataLoader worker processes (0: in this process)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -95,6 +134,9 @@ def data_config_overrides(args: argparse.Namespace, in_chans: int = 3) -> Dict[s
         config['input_size'] = (in_chans, args.img_size, args.img_size)
     for key in ('crop_pct', 'interpolation', 'mean', 'std'):
         value = getattr(args, key)
+        if isinstance(value, list) and len(value) not in (1, in_chans):
+            raise UserError(f'--{key} has {len(value)} values; the model takes {in_chans} bands: give {in_chans}, or '
+                            f'one for all')
         if value is not None:
             config[key] = tuple(value) if isinstance(value, list) else value
     return config

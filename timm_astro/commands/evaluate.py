@@ -8,7 +8,7 @@ from typing import List, Optional
 from timm_astro.commands import run_command
 from timm_astro.commands._catalogue_args import add_catalogue_arguments, catalogue_options
 from timm_astro.commands._model_args import (
-    add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args)
+    add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args, reader_options)
 from timm_astro.evaluation.evaluate import evaluate, open_labelled_data, summary_table, write_report
 from timm_astro.errors import UserError
 from timm_astro.evaluation.tta import TTA_MODES
@@ -58,6 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from timm_astro.outputs import check_output_location
         check_output_outside_data(args.output, args.data)
         check_output_location(args.output, overwrite=args.overwrite, created_by='timm-astro evaluate')
+        reading = reader_options(args)
         from timm_astro.data.votes import is_vote_set
         data = None if is_vote_set(args.data) else open_labelled_data(
             args.data, args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
@@ -67,14 +68,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             return run_votes(args, model)
         result = evaluate(
             model, data, data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)), tta=args.tta,
-            batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)
+            batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress,
+            **reading)
         for warning in result.warnings:
             print(f'{PROG}: warning: {warning}', file=sys.stderr)
         write_report(result, args.output, overwrite=args.overwrite, plots=not args.no_plots,
                      extra={'model_spec': args.model, 'checkpoint': args.checkpoint})
         left_out = f' ({len(result.left_out)} left out: unreadable)' if result.left_out else ''
+        stretch = f', stretch {result.reader.stretch}' if result.reader.stretch is not None else ''
         print(f'{result.model_name} on {data.source}: {len(result.data.item_ids)} images{left_out}, '
-              f'{len(result.label_names)} classes')
+              f'{len(result.label_names)} classes{stretch}')
         print(summary_table(result))
         shown = list(result.metrics)[-1]
         worst = sorted(result.metrics[shown]['per_class'], key=lambda c: c['recall'])[:3]

@@ -391,7 +391,7 @@ def list_image_folder(
     from timm.utils.misc import natural_key
     check_folder_tree(root)
     # timm matches the last suffix only: .gz/.fz are listed, then kept only when FITS (.fits.gz, .fits.fz)
-    types = set(get_img_extensions()) | {Path(e).suffix for e in FITS_EXTENSIONS}
+    types = set(get_img_extensions()) | {'.' + e.rsplit('.', 1)[-1] for e in FITS_EXTENSIONS}
     samples, found = find_images_and_targets(str(root), types=types, class_to_idx=class_to_idx)
     kept = [(p, t) for p, t in samples if is_fits(p) or os.path.splitext(p)[1].lower() in get_img_extensions()]
     if len(kept) == len(samples) or class_to_idx is not None:
