@@ -5,7 +5,7 @@ from typing import List, Optional
 from timm_astro.commands import run_command
 from timm_astro.commands._catalogue_args import add_catalogue_arguments, catalogue_options
 from timm_astro.commands._model_args import (
-    add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args)
+    add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args, reader_options)
 from timm_astro.evaluation.predict import open_prediction_inputs, predict_to_csv, read_label_names
 from timm_astro.evaluation.tta import TTA_MODES
 from timm_astro.errors import UserError
@@ -37,6 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
+        reading = reader_options(args)  # an impossible --stretch is one line before anything loads
         inputs = open_prediction_inputs(args.input, catalogue_options(args))
         label_names = read_label_names(args.label_names) if args.label_names else None
         try:  # before the model loads (minutes, for a large checkpoint): a bad --out is said at once
@@ -48,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             model, inputs, args.out, label_names=label_names,
             data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)), tta=args.tta,
             batch_size=args.batch_size, workers=args.workers, device=args.device, resume=args.resume,
-            overwrite=args.overwrite, strict=args.strict, progress=not args.no_progress)
+            overwrite=args.overwrite, strict=args.strict, progress=not args.no_progress, reading=reading)
         resumed = f', {summary.resumed} kept from the interrupted run' if summary.resumed else ''
         errors = f', {summary.errors} unreadable (skipped)' if summary.errors else ''
         print(f'{summary.out}: {summary.predicted} images predicted in {summary.seconds:.1f} s '

@@ -1,4 +1,4 @@
-"""``timm-astro train-fits MODEL DATA --stretch SPEC --out DIR``: train on FITS / N-band cutouts, export with the stretch.
+"""``timm-astro train-fits MODEL DATA --stretch SPEC --out DIR``: train on FITS / N-band cutouts, export the stretch.
 
 timm's train.py cannot read these data (``timm_astro.band_training`` says why); this command trains through the same
 loop as train.py would (``timm_astro.training``), with a per-band stretch (``--stretch asinh:softening=0.05``) that

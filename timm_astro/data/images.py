@@ -76,6 +76,10 @@ class BandMismatch(UnreadableImage):
     """A file that reads but does not fit the model: another band count than its ``in_chans``, or FITS data and no
     stretch. ``ImageReader.check`` refuses a run whose first readable file is one."""
 
+    def __init__(self, path: PathLike, reason: str):
+        UserError.__init__(self, f'{path}: does not fit the model: {reason}')
+        self.path, self.reason = str(path), reason
+
 
 class Unreadable(NamedTuple):
     """What ``ImageFiles`` returns in place of an image it cannot read."""

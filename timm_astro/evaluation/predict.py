@@ -37,7 +37,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from timm_astro.data.catalogue import CATALOGUE_SUFFIXES, read_catalogue
-from timm_astro.data.images import read_image
+from timm_astro.data.fits import is_fits
+from timm_astro.data.images import ImageReader, band_data_config, read_image, reader_for_model
 from timm_astro.errors import OutputExistsError, UserError, describe_os_error
 from timm_astro.evaluation.evaluate import H5_SUFFIXES
 from timm_astro.evaluation.metrics import predictive_entropy
@@ -62,19 +63,21 @@ class PredictionInputs(torch.utils.data.Dataset):
     """The images to classify, in a fixed order; items are ``(image tensor or None, position, error text)``.
 
     An image that cannot be opened or decoded yields ``None`` and the reason instead of raising, so that one bad
-    file never stops a DataLoader worker.
+    file never stops a DataLoader worker. Files (``paths``) are read by ``reader`` (set by ``stream_rows`` from the
+    model: its stretch and band count, ``timm_astro.data.images.reader_for_model``); other inputs by ``load``.
     """
 
     def __init__(self, ids: List[str], id_columns: Dict[str, List[str]], load: Callable[[int], Image.Image],
-                 source: str, transform: Optional[Callable] = None):
+                 source: str, transform: Optional[Callable] = None, paths: Optional[List[str]] = None):
         self.ids, self.id_columns, self.load, self.source, self.transform = ids, id_columns, load, source, transform
+        self.paths, self.reader = paths, ImageReader()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, position: int):
         try:
-            image = self.load(position)
+            image = self.reader(self.paths[position]) if self.paths is not None else self.load(position)
             return (self.transform(image) if self.transform is not None else image), position, ''
         except Exception as e:  # noqa: BLE001  any failure to read one image is that image's error, not the run's
             return None, position, f'{type(e).__name__}: {e}'.replace('\n', ' ')
@@ -94,17 +97,19 @@ def open_prediction_inputs(source: PathLike, catalogue: Optional[Dict[str, Any]]
         table = read_catalogue(path, **(catalogue or {}))
         files = [str(p) for p in table.paths]  # read as a folder's files are; HDF5 rows as an HDF5 input's
         load = table.load if table.hdf5 is not None else (lambda i: _load_file(files[i]))
-        return PredictionInputs(table.ids, table.columns, load, str(path))
+        return PredictionInputs(table.ids, table.columns, load, str(path),
+                                paths=None if table.hdf5 is not None else files)
     if not path.exists():
         raise UserError(f'{path}: no such file or folder; expected a folder of images, a text file of image paths, '
                         f'a Galaxy10-schema HDF5 file or a catalogue CSV')
     if path.is_dir():
         extensions = _image_extensions()
-        files = sorted(p for p in path.rglob('*') if p.suffix.lower() in extensions and p.is_file())
+        files = sorted(p for p in path.rglob('*') if (p.suffix.lower() in extensions or is_fits(p)) and p.is_file())
         if not files:
-            raise UserError(f'{path}: no images found (looked for {", ".join(extensions)} at any depth)')
+            raise UserError(f'{path}: no images found (looked for {", ".join(extensions)}, .fits at any depth)')
         ids = [p.relative_to(path).as_posix() for p in files]
-        return PredictionInputs(ids, {'path': ids}, lambda i: _load_file(str(files[i])), str(path))
+        return PredictionInputs(ids, {'path': ids}, lambda i: _load_file(str(files[i])), str(path),
+                                paths=[str(p) for p in files])
     suffix = path.suffix.lower()
     if suffix in H5_SUFFIXES:
         from timm_astro.data.galaxy10 import Galaxy10Dataset
@@ -124,7 +129,7 @@ def open_prediction_inputs(source: PathLike, catalogue: Optional[Dict[str, Any]]
         if not entries:
             raise UserError(f'{path}: the list names no images (one path a line expected)')
         files = [str(Path(e) if Path(e).is_absolute() else path.parent / e) for e in entries]
-        return PredictionInputs(entries, {'path': entries}, lambda i: _load_file(files[i]), str(path))
+        return PredictionInputs(entries, {'path': entries}, lambda i: _load_file(files[i]), str(path), paths=files)
     raise UserError(f'{path}: expected a folder, a list of paths ({", ".join(LIST_SUFFIXES)}), an HDF5 file '
                     f'({", ".join(H5_SUFFIXES)}) or a catalogue ({", ".join(CATALOGUE_SUFFIXES)}); got a '
                     f'{suffix or "suffix-less"} file')
@@ -432,8 +437,10 @@ def predict_to_csv(
         strict: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        reading: Optional[Dict[str, Any]] = None,
 ) -> PredictSummary:
     """Predict every image of ``inputs`` into the CSV ``out`` (see the module docstring for its columns).
+    ``reading`` (``stretch``, ``hdu``, ``bands``) is for a model that records no stretch (``reader_for_model``).
 
     Everything that can be refused is checked before any file is made: the arguments, the output location, and that
     the model runs at the input size. A second run on the same ``out`` while one writes it fails at once.
@@ -459,7 +466,7 @@ def predict_to_csv(
     stream = RowStream(COMMAND, 'predictions', header, cells, model)
     return stream_rows(model, inputs, out, stream, data_config=data_config, tta=tta, label_names=label_names,
                        batch_size=batch_size, workers=workers, device=device, resume=resume, overwrite=overwrite,
-                       strict=strict, progress=progress, log=log)
+                       strict=strict, progress=progress, log=log, reading=reading)
 
 
 def _finish_csv(partial: Path, out: Path, errors: List[Tuple[str, str]], log: Callable[[str], None]) -> None:
@@ -494,6 +501,7 @@ def stream_rows(
         progress: bool = True,
         log: Callable[[str], None] = print,
         finish: Optional[Callable[[Path, List[Tuple[str, str]]], None]] = None,
+        reading: Optional[Dict[str, Any]] = None,
 ) -> PredictSummary:
     """Stream the rows of ``stream`` for every image of ``inputs`` into a partial file beside ``out`` (resumable,
     locked, fingerprinted: see the module docstring), then ``finish(partial, errors)`` builds ``out`` from it;
@@ -508,11 +516,23 @@ def stream_rows(
 
         def finish(partial: Path, errors: List[Tuple[str, str]]) -> None:
             _finish_csv(partial, out, errors, log)
+    # files through the model's reader (its stretch and band count): data that do not fit it are one line, here
+    reader = reader_for_model(model, **(reading or {}))
+    if inputs.paths is not None:
+        inputs.reader = reader
+        reader.check(inputs.paths)
+    elif reader.stretch is not None:
+        raise UserError(f'{inputs.source}: holds 8-bit images, but the model reads its input through the stretch '
+                        f'{reader.stretch}: give it files of the kind it was trained on (FITS, N bands)')
     config = resolve_model_data_config(model)
     config.update(data_config or {})
+    config = band_data_config(config, reader.in_chans)
     inputs.transform = create_transform(**{k: v for k, v in config.items() if k != 'first_conv'}, is_training=False)
     _check_model_runs(stream.forward, config['input_size'], device)
-    record = _run_record(model, inputs, label_names, tta, config, stream.header, stream.command)
+    recorded = {**config, **({'stretch': reader.stretch.to_config()} if reader.stretch is not None else {}),
+                **({'fits_hdu': reader.hdu} if reader.hdu is not None else {}),
+                **({'fits_bands': list(reader.bands)} if reader.bands is not None else {})}
+    record = _run_record(model, inputs, label_names, tta, recorded, stream.header, stream.command)
 
     partial = _partial_paths(out)[0]
     try:
