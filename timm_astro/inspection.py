@@ -18,7 +18,10 @@ import torch.nn as nn
 
 from timm.data import create_transform, resolve_model_data_config
 
-from timm_astro.data.images import image_problem, read_image
+from timm_astro.data.fits import is_fits
+from timm_astro.data.images import (
+    ImageReader, band_data_config, image_problem, read_array, read_image, reader_for_model)
+from timm_astro.data.stretch import Stretch
 from timm_astro.errors import UserError
 from timm_astro.evaluation.plots import pyplot
 from timm_astro.layers.relative_attention import RelativeAttention2d
@@ -96,18 +99,24 @@ def write_kernel_pictures(
     return written
 
 
-def _load_image(path: Path, model: nn.Module) -> Tuple[torch.Tensor, Dict[str, Any]]:
-    """``path`` read as ``evaluate`` and ``predict`` read it (``timm_astro.data.images``), preprocessed for it."""
-    config = resolve_model_data_config(model)
-    image = read_image(path, 'L' if config['input_size'][0] == 1 else 'RGB')
-    return create_transform(**config, is_training=False)(image), config
+def _load_image(path: Path, model: nn.Module, reader: Optional[ImageReader] = None
+                ) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """``path`` read as ``evaluate`` and ``predict`` read it (``timm_astro.data.images``: the model's reader, its
+    stretch for FITS and N-band data), preprocessed for it."""
+    reader = reader or reader_for_model(model)
+    config = band_data_config(resolve_model_data_config(model), reader.in_chans)
+    return create_transform(**config, is_training=False)(reader(path)), config
 
 
 def _display(x: torch.Tensor, config: Dict[str, Any]) -> torch.Tensor:
-    """The preprocessed image undone to [0, 1] for display, ``[H, W, C]``."""
+    """The preprocessed image undone to [0, 1] for display, ``[H, W, C]``; N bands other than 1 or 3 are shown as
+    their mean, in grey."""
     mean = torch.tensor(config['mean']).view(-1, 1, 1)
     std = torch.tensor(config['std']).view(-1, 1, 1)
-    return (x * std + mean).clamp(0, 1).permute(1, 2, 0)
+    shown = (x * std + mean).clamp(0, 1)
+    if shown.shape[0] not in (1, 3):
+        shown = shown.mean(0, keepdim=True)
+    return shown.permute(1, 2, 0)
 
 
 def write_attention_pictures(
@@ -116,9 +125,11 @@ def write_attention_pictures(
         folder: PathLike,
         query_points: Sequence[Tuple[float, float]] = QUERY_POINTS,
         max_heads: int = 8,
+        reader: Optional[ImageReader] = None,
 ) -> List[Path]:
     """For each image, one PNG per relative attention module: rows are query positions, columns the image (query
-    marked) and the attention of up to ``max_heads`` heads over it. Returns the files written into ``folder``."""
+    marked) and the attention of up to ``max_heads`` heads over it. Returns the files written into ``folder``.
+    Images are read by ``reader`` (default: ``reader_for_model(model)``)."""
     plt = pyplot()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +137,7 @@ def write_attention_pictures(
     model.eval()
     written = []
     for number, image_path in enumerate(map(Path, images)):
-        x, config = _load_image(image_path, model)
+        x, config = _load_image(image_path, model, reader)
         seen: Dict[str, torch.Tensor] = {}
         hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0]))
                  for name, m in modules]
@@ -178,26 +189,38 @@ def inspect_model(
         out: PathLike,
         checkpoint: Optional[PathLike] = None,
         overwrite: bool = False,
+        stretch: Optional[Stretch] = None,
+        hdu: Optional[Union[int, str]] = None,
+        bands: Optional[Sequence[Union[int, str]]] = None,
 ) -> Path:
     """Load ``spec`` (see ``timm_astro.loading.load_model``) and write into ``out`` its kernel pictures
     (``kernels/``), the attention pictures of ``images`` (``attention/``) and ``inspect.json`` listing them.
 
-    The images (each read once: a file that is not an image, a FIFO, a decompression bomb, float pixels are one
-    line), ``out`` and matplotlib are checked before the model is loaded (perhaps a Hub download)."""
+    The images (each read once: a file that is not an image, a FIFO, a decompression bomb, float pixels without a
+    stretch, a FITS file without image data are one line), ``out`` and matplotlib are checked before the model is
+    loaded (perhaps a Hub download); then they are read through the model's reader (``reader_for_model``: its
+    stretch, or ``stretch`` / ``hdu`` / ``bands`` for a model that records none), and another band count than the
+    model's is one line before anything is written."""
     from timm_astro.loading import load_model
 
     missing = [str(p) for p in images if image_problem(p) == 'not found']
     if missing:
         raise UserError(f"{', '.join(missing)}: not found; expected image files")
-    for path in images:
-        read_image(path)
+    for path in images:  # FITS data read with any stretch: whether they read does not depend on it
+        if stretch is not None or is_fits(path):
+            read_array(path, stretch or Stretch(), hdu=hdu, bands=bands)
+        else:
+            read_image(path)
     check_output_location(out, overwrite=overwrite, created_by=CREATED_BY)
     pyplot()
     model = load_model(spec, checkpoint)
+    reader = reader_for_model(model, stretch, hdu, bands)
+    for path in images:
+        reader(path)
     has_kernel = any(m.rel_pos is not None for _, m in _attention_modules(model))
     with atomic_output_dir(out, CREATED_BY, overwrite=overwrite) as tmp:
         kernels = write_kernel_pictures(model, tmp / 'kernels') if has_kernel else []
-        attention = write_attention_pictures(model, images, tmp / 'attention') if images else []
+        attention = write_attention_pictures(model, images, tmp / 'attention', reader=reader) if images else []
         write_json(tmp / 'inspect.json', {
             'model': spec,
             'checkpoint': str(checkpoint) if checkpoint else None,
@@ -205,5 +228,6 @@ def inspect_model(
             'kernels': [str(p.relative_to(tmp)) for p in kernels],
             'attention': [str(p.relative_to(tmp)) for p in attention],
             'note': None if has_kernel else "rel_pos_type='none': no relative-position kernel to draw",
+            **({'stretch': reader.stretch.to_config()} if reader.stretch is not None else {}),
         })
     return Path(out)

@@ -3,6 +3,7 @@ import argparse
 from typing import List, Optional
 
 from timm_astro.commands import run_command
+from timm_astro.commands._model_args import band_keys, hdu_key, reader_options
 
 PROG = 'timm-astro inspect'
 
@@ -18,10 +19,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--checkpoint', default=None, help='weights for a registered model name')
     parser.add_argument('--output', required=True, help='folder to write (new or empty, or an earlier one with --overwrite)')
     parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT if it is an earlier inspect output')
+    parser.add_argument('--stretch', default=None, metavar='SPEC',
+                        help='for a model that records none: how FITS / 16-bit / float images become input (e.g. '
+                             'asinh:softening=0.05); a model trained with one applies its own')
+    parser.add_argument('--hdu', type=hdu_key, default=None, help='FITS: the HDU holding the image')
+    parser.add_argument('--bands', type=band_keys, default=None, metavar='B1,B2,...',
+                        help='FITS: one band per named image HDU')
     args = parser.parse_args(argv)
 
     def run() -> None:
         from timm_astro.inspection import inspect_model
-        out = inspect_model(args.model, args.images, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite)
+        out = inspect_model(args.model, args.images, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,
+                            **reader_options(args))
         print(f'wrote {out}')
     return run_command(PROG, run)
