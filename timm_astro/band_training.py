@@ -110,12 +110,12 @@ def open_band_data(root: Union[str, Path], stretch: Stretch, *, hdu: Optional[Un
                 from None
         if count is None:
             count = data.shape[0]
-            reader = ImageReader(count, stretch, reader.hdu, reader.bands)
         elif data.shape[0] != count:
             raise BandMismatch(path, f'{data.shape[0]} bands, but {files[0][0]} has {count}: a model takes one band '
                                      f'count')
         if (number + 1) % 200 == 0:
             progress(f'read {number + 1} of {len(files)} files')
+    reader = ImageReader(count, stretch, reader.hdu, reader.bands)
     return BandData(root, train, val, class_names, _label_names(root, class_names), reader, count or 0)
 
 
