@@ -1,4 +1,5 @@
-"""``timm-astro predict MODEL INPUT --out predictions.csv``: classify a catalogue, streamed to a CSV."""
+"""``timm-astro predict MODEL INPUT --out predictions.csv``: classify a catalogue, streamed to a CSV (a model trained on
+Galaxy Zoo votes: its vote fractions, ``timm_astro.evaluation.votes.predict_votes_to_csv``)."""
 import argparse
 from typing import List, Optional
 
@@ -8,6 +9,8 @@ from timm_astro.commands._model_args import (
     add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args, reader_options)
 from timm_astro.evaluation.predict import open_prediction_inputs, predict_to_csv, read_label_names
 from timm_astro.evaluation.tta import TTA_MODES
+from timm_astro.evaluation.votes import predict_votes_to_csv
+from timm_astro.votes_model import is_votes_model
 from timm_astro.errors import UserError
 from timm_astro.outputs import check_output_location
 
@@ -19,7 +22,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog=PROG,
         description='Predict every image of INPUT into a CSV: path (or HDF5 row and sky coordinates), predicted '
                     'label, its probability, one probability per class, entropy and, with --tta, how much the '
-                    'symmetric views disagree. Constant memory, atomic output, --resume after an interruption.')
+                    'symmetric views disagree (a votes model from train-votes: the expected fraction and its '
+                    'spread per answer). Constant memory, atomic output, --resume after an interruption.')
     add_model_arguments(parser)
     parser.add_argument('input', metavar='INPUT', help='a folder of images (recursive), a text file of image paths '
                                                        '(.txt/.lst), a Galaxy10-schema HDF5 file or a catalogue CSV')
@@ -45,7 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except UserError as e:
             raise type(e)(f'--out {e}') from None
         model = load_model_from_args(args, PROG)
-        summary = predict_to_csv(
+        predict = predict_votes_to_csv if is_votes_model(model) else predict_to_csv
+        summary = predict(
             model, inputs, args.out, label_names=label_names,
             data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)), tta=args.tta,
             batch_size=args.batch_size, workers=args.workers, device=args.device, resume=args.resume,

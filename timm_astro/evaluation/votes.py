@@ -13,6 +13,8 @@ predicting on Galaxy Zoo votes).
   listed), the metrics above, ``calibration.png`` and ``predictions.csv``; a class model on a vote set, a votes model
   on class folders and a model whose tree is not the vote set's are refused in one line.
 * ``fraction_columns`` / ``fraction_rows``: the per-galaxy CSV columns shared by evaluate and predict.
+* ``predict_votes_to_csv``: ``timm-astro predict`` with a votes model: those columns per image, through class
+  predict's streaming, resumable writer (``timm_astro.evaluation.predict.stream_rows``).
 
 The mean absolute error is unweighted: every galaxy that has at least ``min_votes`` votes on a question counts
 once, whatever its number of votes, so it is the error a catalogue user sees per galaxy. Its observed fractions
@@ -33,7 +35,8 @@ from timm_astro.errors import UserError
 
 __all__ = ['AGREEMENT_THRESHOLD', 'expected_fractions', 'fraction_std', 'observed_fractions', 'vote_metrics',
            'calibration_bins', 'plot_vote_calibration', 'predict_votes', 'model_tree', 'check_task', 'VoteEvaluation',
-           'evaluate_votes', 'vote_summary_table', 'write_vote_report', 'fraction_columns', 'fraction_rows']
+           'evaluate_votes', 'vote_summary_table', 'write_vote_report', 'fraction_columns', 'fraction_rows',
+           'predict_votes_to_csv']
 
 PathLike = Union[str, os.PathLike]
 CREATED_BY = 'timm-astro evaluate'
@@ -421,3 +424,55 @@ def write_vote_report(evaluation: VoteEvaluation, out_dir: PathLike, *, overwrit
                      f"{_fmt(evaluation.metrics['mean_mae'], '.4f')}")
             plot_vote_calibration(evaluation.fractions, evaluation.counts, tree, tmp / 'calibration.png', title=title)
     return Path(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# predict a catalogue
+
+
+@torch.no_grad()
+def predict_votes_to_csv(
+        model: torch.nn.Module,
+        inputs,
+        out: PathLike,
+        *,
+        data_config: Optional[Dict[str, Any]] = None,
+        tta: str = 'none',
+        label_names: Optional[Sequence[str]] = None,
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Union[str, torch.device] = 'cpu',
+        resume: bool = False,
+        overwrite: bool = False,
+        strict: bool = False,
+        progress: bool = True,
+        log=print,
+        reading: Optional[Dict[str, Any]] = None,
+):
+    """``timm_astro.evaluation.predict.predict_to_csv`` for a votes model: per image of ``inputs`` (a
+    ``PredictionInputs``), its id columns then ``fraction_columns(tree)`` (the expected fraction and the Dirichlet
+    spread of every answer), through the same ``stream_rows``: constant memory, a partial file renamed into place,
+    ``resume`` checked against the run's record (the tree's answers are its label names), one writer at a time.
+
+    The answers are the model's own tree's, so ``label_names`` is refused; so is test-time symmetry (``tta``),
+    which here averages softmax probabilities, not concentrations. ``reading``: as for ``predict_to_csv``.
+    """
+    from timm_astro.evaluation.predict import COMMAND, RowStream, check_header, stream_rows
+    from timm_astro.losses import to_concentrations
+    tree = model_tree(model)
+    if label_names is not None:
+        raise UserError(f'--label-names: a votes model names its own outputs, the {tree.n_answers} answers of its '
+                        f'{tree.name} tree; leave it out')
+    if tta != 'none':
+        raise UserError(f'--tta {tta}: test-time symmetry is for class models here; a votes model predicts from the '
+                        f'plain view (leave out --tta)')
+    header = list(inputs.id_columns) + fraction_columns(tree)
+    check_header(header, list(inputs.id_columns))
+    model = model.to(device).eval()
+
+    def cells(images: torch.Tensor) -> List[List[str]]:
+        return fraction_rows(to_concentrations(model(images)).float().cpu(), tree)
+    stream = RowStream(COMMAND, 'predictions', header, cells, model)
+    return stream_rows(model, inputs, out, stream, data_config=data_config, tta='none', label_names=tree.answer_names,
+                       batch_size=batch_size, workers=workers, device=device, resume=resume, overwrite=overwrite,
+                       strict=strict, progress=progress, log=log, reading=reading)
