@@ -106,3 +106,37 @@ def test_config_round_trip_and_parse():
     assert Stretch.parse('asinh:softening=0.05,high_percentile=99') == Stretch(softening=0.05, high_percentile=99)
     with pytest.raises(UserError, match='must be KEY=VALUE'):
         Stretch.parse('asinh:soft')
+
+
+def test_truncated_file_and_declared_bomb_are_refused(tmp_path, monkeypatch):
+    from PIL import Image
+    fits.PrimaryHDU(gradient(50, 40)).writeto(tmp_path / 'whole.fits')
+    data = (tmp_path / 'whole.fits').read_bytes()
+    (tmp_path / 'short.fits').write_bytes(data[:-2000])  # data cut short: astropy only warns, and would read on
+    with pytest.raises(UserError, match='short.fits: a truncated FITS file'):
+        read_fits(tmp_path / 'short.fits')
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # the header's size is checked before the data are read
+    with pytest.raises(UserError, match=r"whole.fits: HDU PRIMARY declares 2,000 values .* over Pillow's limit"):
+        read_fits(tmp_path / 'whole.fits')
+
+
+def test_read_array_follows_the_reader_rules_for_fits(tmp_path):
+    import gzip
+    import os
+    from timm_astro.data.images import UnreadableImage, list_image_folder, read_array
+    (tmp_path / 'c').mkdir()
+    fits.PrimaryHDU(gradient()).writeto(tmp_path / 'c' / 'plain.fits')
+    (tmp_path / 'c' / 'packed.fits.gz').write_bytes(gzip.compress((tmp_path / 'c' / 'plain.fits').read_bytes()))
+    (tmp_path / 'c' / 'notes.txt.gz').write_bytes(gzip.compress(b'not an image'))
+    (tmp_path / 'c' / 'misnamed.png').write_bytes((tmp_path / 'c' / 'plain.fits').read_bytes())
+    samples, classes = list_image_folder(tmp_path)
+    assert sorted(os.path.basename(p) for p, _ in samples) == ['misnamed.png', 'packed.fits.gz', 'plain.fits']
+    stretch = Stretch(kind='linear', low=0.0, high=29.0)
+    plain = read_array(tmp_path / 'c' / 'plain.fits', stretch)
+    assert plain.shape == (1, 6, 5) and float(plain[0, -1, 0]) == 0 and float(plain[0, 0, -1]) == 1
+    for name in ('packed.fits.gz', 'misnamed.png'):  # gzipped; and FITS by content, whatever the name
+        assert (read_array(tmp_path / 'c' / name, stretch) == plain).all()
+    if hasattr(os, 'mkfifo'):
+        os.mkfifo(tmp_path / 'pipe.fits')
+        with pytest.raises(UnreadableImage, match='pipe.fits: cannot be read as an image: a named pipe'):
+            read_array(tmp_path / 'pipe.fits', stretch)
