@@ -9,7 +9,6 @@ import`` writes (``mirabest`` gives one). DIR receives ``model/`` (the export, r
 """
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
