@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from timm_astro.data.images import ImageFiles, collate_readable, list_image_folder
+from timm_astro.data.images import (
+    ImageFiles, ImageReader, band_data_config, collate_readable, list_image_folder, reader_for_model)
+from timm_astro.data.stretch import Stretch
 from timm_astro.data.catalogue import CATALOGUE_SUFFIXES
 from timm_astro.errors import UserError
 from timm_astro.evaluation.metrics import classification_metrics, predictive_entropy, reliability_bins
