@@ -372,7 +372,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     statistics.mean(r['test_mae_by_question'][q] for r in members) for q in members[0][
                         'test_mae_by_question']}
         report = {
-            'command': command_line().replace(str(args.data_dir), 'DATA_DIR'), 'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)),
+            'command': command_line().replace(str(args.data_dir), 'DATA_DIR'),  # no path of this machine
+            'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)),
             'wall_time_s': time.time() - started, 'machine': machine,
             'settings': {'format': FORMAT, 'data': data_root.name,
                          'data_name': info.get('title', data_root.name), 'tree': tree.name,
@@ -402,13 +403,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         args.jobs, mp_context=multiprocessing.get_context('spawn'), initializer=_set_threads,
         initargs=(args.threads or 1,))
     with pool:
-        keys = [(spec, seed, lr) for spec in args.models for lr in grid for seed in args.seeds]
-        futures = {pool.submit(train_run, key, recipe, data_root, args,
-                               weights_path(args.cache_dir, args.name, key)): key for key in keys}
-        for future, key in futures.items():
+        def collect(future: Any, key: Key) -> None:
             runs.append(future.result())
             log('train', key, runs[-1])
             write_report()
+        pending = []
+        for key in [(spec, seed, lr) for spec in args.models for lr in grid for seed in args.seeds]:
+            future = pool.submit(train_run, key, recipe, data_root, args,
+                                 weights_path(args.cache_dir, args.name, key))
+            if args.jobs == 1:  # InProcess has run it already: report it now, not after every other run
+                collect(future, key)
+            else:
+                pending.append((future, key))
+        for future, key in pending:
+            collect(future, key)
         tests = {}
         for spec in args.models:
             decision = choose_lr(runs, spec, args.seeds, grid)
