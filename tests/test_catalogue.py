@@ -60,6 +60,9 @@ def test_class_indices_are_numbers_or_names_in_timm_order():
     assert class_indices(['2', '0', '2']) == (['0', '1', '2'], [2, 0, 2])
     assert class_indices(['spiral', 'edge_on', 'class10', 'class9']) == (
         ['class9', 'class10', 'edge_on', 'spiral'], [3, 2, 1, 0])
+    assert class_indices(['a', 'B', 'a'], ['b', 'a']) == (['b', 'a'], [1, 0, 1])  # the model's names, then slugs
+    assert class_indices(['1', '0'], ['b', 'a'], num_classes=2) == (['b', 'a'], [1, 0])
+    assert class_indices(['1'], num_classes=3) == (['0', '1', '2'], [1])
 
 
 @pytest.mark.parametrize('case, expected', [
@@ -169,6 +172,52 @@ def test_evaluate_scores_a_catalogue_against_its_label_column(survey, tmp_path):
     with pytest.raises(UserError, match="no 'kind' column"):
         open_labelled_data(survey / 'catalogue.csv', catalogue={'id_column': 'objid', 'path_column': 'file',
                                                                 'label_column': 'kind'})
+
+
+def _relabel(survey: Path, labels) -> Path:
+    rows = list(csv.reader(open(survey / 'catalogue.csv', newline='')))
+    for row, label in zip(rows[1:], labels):
+        row[4] = label
+    return _write_csv(survey / 'catalogue.csv', rows)
+
+
+def _named(names, num_classes=None):
+    model = _model(num_classes or len(names))
+    model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': list(names)}
+    return model
+
+
+def test_evaluate_scores_catalogue_names_in_the_model_s_class_order(survey):
+    """A model trained with ['spiral', 'round'] calls 'spiral' class 0, whatever the names' natural order."""
+    data = open_labelled_data(survey / 'catalogue.csv', catalogue={'id_column': 'objid', 'path_column': 'file'})
+    result = evaluate(_named(['spiral', 'round']), data, batch_size=4, progress=False)
+    assert result.label_names == ['spiral', 'round'] and result.data.class_names == ['spiral', 'round']
+    assert result.targets.tolist() == [0, 1, 0, 1, 0, 1] and result.warnings == []
+
+
+def test_catalogue_names_match_the_model_s_by_slug_and_may_lack_a_class(survey):
+    _relabel(survey, ['Edge-on', 'spiral'] * 3)
+    data = open_labelled_data(survey / 'catalogue.csv', catalogue={'id_column': 'objid', 'path_column': 'file'})
+    result = evaluate(_named(['round', 'edge_on', 'spiral']), data, batch_size=4, progress=False)
+    assert result.targets.tolist() == [1, 2, 1, 2, 1, 2] and result.label_names == ['round', 'edge_on', 'spiral']
+    assert len(result.warnings) == 1 and 'no images of 1 class (round)' in result.warnings[0]
+
+
+@pytest.mark.parametrize('labels, names, num_classes, expected', [
+    (['round', 'bar', 'spiral'], ['spiral', 'round'], 2,
+     "the label 'bar' is not a class of the model (spiral, round); label each object with one of them"),
+    (['0', '1', '2'], None, 2, 'the label 2 is not a class of the model, which predicts 2 classes (0 to 1)'),
+    (['round', 'spiral'], None, 3, 'the model records no class names, so the 2 names of the catalogue (round, '
+                                   'spiral) cannot be matched to its 3 classes'),
+])
+def test_catalogue_labels_the_model_cannot_score_are_one_line(labels, names, num_classes, expected, survey):
+    model = _named(names, num_classes) if names else _model(num_classes)
+    _relabel(survey, labels * (6 // len(labels)))
+    data = open_labelled_data(survey / 'catalogue.csv', catalogue={'id_column': 'objid', 'path_column': 'file'})
+    with pytest.raises(UserError) as e:
+        evaluate(model, data, batch_size=4, progress=False)
+    assert expected in str(e.value) and str(survey / 'catalogue.csv') in str(e.value) and '\n' not in str(e.value)
+    assert '--split' not in str(e.value)
 
 
 def test_hdf5_row_catalogue(tmp_path):

@@ -10,7 +10,8 @@ and ``embed``:
   of a Galaxy10-schema HDF5 file that holds the image;
 * **carried columns** (default: those of ``ra``, ``dec`` and ``label`` that the catalogue has): copied as they are
   into every output row, after the id and path (or row);
-* a **label column** for ``evaluate``: class indices (0, 1, ...) or class names.
+* a **label column** for ``evaluate``: class indices (0, 1, ...) or class names, scored as the model's own classes
+  (``class_indices``).
 
 Every problem with the catalogue itself is one ``UserError`` line naming the file and, for a row, its line; nothing
 is read from an image until the whole catalogue has been checked. A missing or unreadable image file is not the
@@ -18,6 +19,7 @@ catalogue's fault: it is reported when read, as for any other input (``timm_astr
 """
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -29,7 +31,7 @@ from timm_astro.data.images import Unreadable, read_image
 from timm_astro.data.paths import resolve_inside
 from timm_astro.errors import UserError
 
-__all__ = ['CATALOGUE_SUFFIXES', 'Catalogue', 'CatalogueImages', 'read_catalogue', 'class_indices']
+__all__ = ['CATALOGUE_SUFFIXES', 'Catalogue', 'CatalogueImages', 'read_catalogue', 'class_indices', 'class_key']
 
 PathLike = Union[str, os.PathLike]
 CATALOGUE_SUFFIXES = ('.csv',)
@@ -202,14 +204,52 @@ def read_catalogue(
     return Catalogue(path, ids, values, paths, rows, hdf5, labels if label_at is not None else None)
 
 
-def class_indices(labels: Sequence[str]) -> Tuple[List[str], List[int]]:
-    """Class names and each label's index: whole numbers are class indices themselves (names '0', '1', ... up to
-    the largest); names are numbered in timm's order for class folders (natural sort), so a catalogue and an
-    ImageFolder of the same classes agree."""
+def class_key(name: str) -> str:
+    """A class name as two sources are matched on: lower case, letters and digits only, without a folder's sort
+    prefix ('0_round'), so that 'Edge-on', 'edge_on' and '1_edge_on' are one class."""
+    return re.sub(r'[^a-z0-9]+', '', re.sub(r'^\d+_', '', name.lower()))
+
+
+def _listed(values: Sequence[str], limit: int = 12) -> str:
+    return ', '.join(values[:limit]) + (', ...' if len(values) > limit else '')
+
+
+def class_indices(labels: Sequence[str], class_names: Optional[Sequence[str]] = None,
+                  num_classes: Optional[int] = None) -> Tuple[List[str], List[int]]:
+    """Class names and each label's index, for a model whose classes are ``class_names`` (its label names, in its
+    order) or, recording none, ``num_classes``: the targets must be the model's indices, or every score is wrong.
+
+    Whole numbers are class indices themselves. Names are matched to ``class_names`` exactly, else by ``class_key``;
+    a catalogue may lack some of the model's classes but not hold others. Without ``class_names`` names are numbered
+    in timm's order for class folders (natural sort), as an ImageFolder of the same classes is, which holds only if
+    every class is there: for a model of another ``num_classes`` that is refused.
+    """
     from timm.utils.misc import natural_key
     if all(label.isdigit() for label in labels):
         targets = [int(label) for label in labels]
-        return [str(i) for i in range(max(targets) + 1)], targets
+        count = num_classes or (len(class_names) if class_names else max(targets) + 1)
+        if max(targets) >= count:
+            raise UserError(f'the label {max(targets)} is not a class of the model, which predicts {count} classes '
+                            f'(0 to {count - 1})')
+        return (list(class_names) if class_names else [str(i) for i in range(count)]), targets
+    if class_names:
+        index = {name: i for i, name in enumerate(class_names)}
+        by_key: Dict[str, List[int]] = {}
+        for i, name in enumerate(class_names):
+            by_key.setdefault(class_key(name), []).append(i)
+        for label in dict.fromkeys(labels):
+            if label not in index and len(by_key.get(class_key(label), ())) == 1:
+                index[label] = by_key[class_key(label)][0]
+        unknown = [repr(label) for label in dict.fromkeys(labels) if label not in index]
+        if unknown:
+            what = f'the label {unknown[0]} is not a class' if len(unknown) == 1 else \
+                f'the labels {_listed(unknown, 5)} are not classes'
+            raise UserError(f'{what} of the model ({_listed(list(class_names))}); label each object with one of them')
+        return list(class_names), [index[label] for label in labels]
     names = sorted(set(labels), key=natural_key)
+    if num_classes is not None and len(names) != num_classes:
+        raise UserError(f'the model records no class names, so the {len(names)} names of the catalogue '
+                        f'({_listed(names)}) cannot be matched to its {num_classes} classes; label the objects with '
+                        f'class indices (0 to {num_classes - 1})')
     index = {name: i for i, name in enumerate(names)}
     return names, [index[label] for label in labels]

@@ -15,7 +15,6 @@ one split are those of all its sibling splits, so a split that lacks a class kee
 import csv
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from timm_astro.data.images import (
     ImageFiles, ImageReader, band_data_config, collate_readable, list_image_folder, reader_for_model)
 from timm_astro.data.stretch import Stretch
-from timm_astro.data.catalogue import CATALOGUE_SUFFIXES
+from timm_astro.data.catalogue import CATALOGUE_SUFFIXES, class_key
 from timm_astro.errors import UserError
 from timm_astro.evaluation.metrics import classification_metrics, predictive_entropy, reliability_bins
 from timm_astro.evaluation.tta import TTA_MODES, view_probabilities
@@ -53,6 +52,7 @@ class LabelledData:
     item_ids: List[str]  # file path (relative to the data folder) or HDF5 row, one per item
     targets: List[int]
     columns: Dict[str, List[str]] = field(default_factory=dict)  # extra per-item columns (sky coordinates)
+    labels: Optional[List[str]] = None  # a catalogue's labels as written: ``evaluate`` numbers them as the model does
 
 
 def _has_split_folders(root: Path) -> List[str]:
@@ -154,14 +154,30 @@ def open_labelled_data(
 
 
 def _open_catalogue(path: Path, options: Dict[str, Any]) -> LabelledData:
-    """A catalogue's objects, scored against its label column (class indices or names, ``class_indices``)."""
+    """A catalogue's objects, scored against its label column (class indices or names, ``class_indices``): numbered
+    here as if for a model without class names, and again by ``evaluate`` for the model scored."""
     from timm_astro.data.catalogue import CatalogueImages, class_indices, read_catalogue
     table = read_catalogue(path, **{'label_column': 'label', **options})
     class_names, targets = class_indices(table.labels)
     dataset = (ImageFiles([(str(p), t) for p, t in zip(table.paths, targets)]) if table.hdf5 is None
                else CatalogueImages(table, targets))  # files through the one reader evaluate uses for a folder
     columns = dict(list(table.columns.items())[1:])  # the id column is the rows' own id
-    return LabelledData(dataset, str(path), class_names, table.ids, targets, columns)
+    return LabelledData(dataset, str(path), class_names, table.ids, targets, columns, table.labels)
+
+
+def _catalogue_for_model(model: nn.Module, data: LabelledData) -> LabelledData:
+    """``data`` (a catalogue) with its labels numbered as ``model``'s classes: by its label names where it records
+    them, so that a model trained in another class order is scored against the right targets."""
+    from timm_astro.data.catalogue import CatalogueImages, class_indices
+    names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    names = [str(n) for n in (names.values() if isinstance(names, dict) else names)] if names else None
+    try:
+        class_names, targets = class_indices(data.labels, names, getattr(model, 'num_classes', None))
+    except UserError as e:
+        raise UserError(f'{data.source}: {e}') from None
+    dataset = (ImageFiles([(path, t) for (path, _), t in zip(data.dataset.samples, targets)])
+               if isinstance(data.dataset, ImageFiles) else CatalogueImages(data.dataset.catalogue, targets))
+    return dataclasses.replace(data, dataset=dataset, class_names=class_names, targets=targets)
 
 
 def label_names_for(model: nn.Module, data_class_names: Sequence[str]) -> List[str]:
@@ -185,8 +201,7 @@ def label_names_for(model: nn.Module, data_class_names: Sequence[str]) -> List[s
     return list(data_class_names)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r'[^a-z0-9]+', '', re.sub(r'^\d+_', '', name.lower()))
+_slug = class_key  # how a model's label names and the data's class names are matched
 
 
 def label_mismatches(label_names: Sequence[str], data_class_names: Sequence[str]) -> List[str]:
@@ -274,6 +289,8 @@ def evaluate(
     from timm.data import create_loader, resolve_model_data_config
     if tta not in TTA_MODES:
         raise UserError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    if data.labels is not None:  # a catalogue's class names: the model's order, not their own
+        data = _catalogue_for_model(model, data)
     label_names = label_names_for(model, data.class_names)
     warnings = []
     mismatched = label_mismatches(label_names, data.class_names)
