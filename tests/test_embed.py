@@ -212,3 +212,38 @@ def test_a_model_that_does_not_pool_is_refused_before_any_file(catalogue, tmp_pa
     with pytest.raises(UserError, match=r'pre-logits features have shape \(1, 512, 1, 1\).*does not pool'):
         embed_to_folder(model, open_prediction_inputs(catalogue), tmp_path / 'emb', progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['survey']
+
+
+def test_embed_reads_fits_through_the_stretch_and_hdu_given(tmp_path):
+    """--stretch and --hdu reach the reader, as for predict: HDU 1 is the default here, HDU 2 other data."""
+    fits = pytest.importorskip('astropy.io.fits', reason='the fits extra (astropy) is not installed')
+    folder = tmp_path / 'fits'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        first, second = (rng.normal(10, 3, (3, 20, 20)).astype(np.float32) for _ in range(2))
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(first), fits.ImageHDU(second)]).writeto(folder / f'g{i}.fits')
+
+    def embed(name, *extra):
+        torch.manual_seed(0)  # the same (random) weights each time
+        assert main(['resnet18', str(folder), '--num-classes', '3', '--out', str(tmp_path / name), '--img-size', '16',
+                     '--workers', '0', '--no-progress', '--stretch', 'asinh:softening=0.05', *extra]) == 0
+        return read_embeddings(tmp_path / name)[0]
+    default, first, second = embed('default'), embed('hdu1', '--hdu', '1'), embed('hdu2', '--hdu', '2')
+    assert np.array_equal(default, first) and not np.allclose(default, second)
+
+
+def test_an_output_another_run_finishes_before_the_lock_is_not_replaced(catalogue, tmp_path, monkeypatch):
+    import timm_astro.evaluation.predict as predict
+    out = tmp_path / 'emb'
+    real = predict.output_lock
+
+    def another_run_finishes_first(path, command):
+        out.mkdir()
+        (out / 'notes.txt').write_text('not ours')
+        return real(path, command)
+    monkeypatch.setattr(predict, 'output_lock', another_run_finishes_first)
+    with pytest.raises(UserError, match='folder is not empty; pass --overwrite'):
+        embed_to_folder(_model(), open_prediction_inputs(catalogue), out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['emb', 'survey'], 'no partial is left'
+    assert [p.name for p in out.iterdir()] == ['notes.txt']

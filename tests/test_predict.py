@@ -239,7 +239,7 @@ def _images(root: Path, names, seed: int = 0) -> Path:
     return root
 
 
-def _interrupted(model, source, out, monkeypatch, after_batches: int = 1, **kwargs):
+def _interrupted(model, source, out, monkeypatch, after_batches: int = 1, catalogue=None, **kwargs):
     """Run predict_to_csv and interrupt it (as Ctrl-C does) once ``after_batches`` batches are written."""
     import timm_astro.evaluation.predict as predict
     real, calls = predict.view_probabilities, []
@@ -252,7 +252,8 @@ def _interrupted(model, source, out, monkeypatch, after_batches: int = 1, **kwar
     with monkeypatch.context() as m:
         m.setattr(predict, 'view_probabilities', stop)
         with pytest.raises(KeyboardInterrupt):
-            predict_to_csv(model, open_prediction_inputs(source), out, batch_size=4, progress=False, **kwargs)
+            predict_to_csv(model, open_prediction_inputs(source, catalogue), out, batch_size=4, progress=False,
+                           **kwargs)
 
 
 def _other_model():
@@ -293,6 +294,54 @@ def test_resume_refuses_to_continue_another_run(change, expected, folder, tmp_pa
     _interrupted(_model(), folder, out, monkeypatch, overwrite=True)
     summary = predict_to_csv(model, open_prediction_inputs(source), out, overwrite=True, progress=False, **kwargs)
     assert (summary.resumed, summary.predicted) == (0, 11) and len(_rows(out)) == 11
+
+
+@pytest.mark.parametrize('change', ['--images-root', '--path-column', '--hdf5'])
+def test_resume_refuses_a_catalogue_read_from_other_images(change, tmp_path, monkeypatch):
+    """The same catalogue and ids, but the images found elsewhere: the rows kept are of other images."""
+    names = [f'g{i}.png' for i in range(6)]
+    _images(tmp_path / 'one', names, seed=0)
+    _images(tmp_path / 'two', names, seed=1)
+    catalogue = tmp_path / 'cat.csv'
+    with open(catalogue, 'w', newline='') as f:
+        csv.writer(f).writerows([['id', 'path', 'file', 'row']] + [[f'G{i}', f'one/{n}', f'two/{n}', i]
+                                                                  for i, n in enumerate(names)])
+    out, partial = tmp_path / 'pred.csv', tmp_path / '.pred.csv.partial'
+    _interrupted(_model(), catalogue, out, monkeypatch, catalogue={'columns': ['file']})
+    kept = partial.read_bytes()
+    options = {'columns': ['file']}
+    if change == '--images-root':
+        (tmp_path / 'elsewhere').mkdir()
+        _images(tmp_path / 'elsewhere' / 'one', names, seed=2)
+        options['root'] = tmp_path / 'elsewhere'
+    elif change == '--path-column':
+        options = {'path_column': 'file', 'columns': ['path']}
+    else:
+        h5py = pytest.importorskip('h5py', reason="h5py is the optional 'data' extra")
+        with h5py.File(tmp_path / 'g.h5', 'w') as f:
+            f['images'] = np.random.default_rng(3).integers(0, 255, (6, 69, 69, 3), dtype=np.uint8)  # Galaxy10 SDSS
+            f['ans'] = np.zeros(6, dtype=np.int64)
+        options = {'hdf5': tmp_path / 'g.h5', 'columns': ['path', 'file']}
+    with pytest.raises(UserError, match='read the same ids from other images') as e:
+        predict_to_csv(_model(), open_prediction_inputs(catalogue, options), out, resume=True, progress=False)
+    assert '\n' not in str(e.value) and '--overwrite' in str(e.value)
+    assert partial.read_bytes() == kept and not out.exists()
+
+
+def test_an_output_another_run_finishes_before_the_lock_is_not_replaced(folder, tmp_path, monkeypatch):
+    """--out is checked before the model runs, and again under the lock: another run may have written it between."""
+    import timm_astro.evaluation.predict as predict
+    out = tmp_path / 'pred.csv'
+    real = predict.output_lock
+
+    def another_run_finishes_first(path, command):
+        out.write_text('written by another run\n')
+        return real(path, command)
+    monkeypatch.setattr(predict, 'output_lock', another_run_finishes_first)
+    with pytest.raises(UserError, match='exists; pass --overwrite'):
+        predict_to_csv(_model(), open_prediction_inputs(folder), out, progress=False)
+    assert out.read_text() == 'written by another run\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['catalogue', 'pred.csv'], 'no partial is left'
 
 
 def test_resume_refuses_a_finished_csv(folder, tmp_path):

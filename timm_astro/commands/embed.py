@@ -5,11 +5,10 @@ from typing import List, Optional
 from timm_astro.commands import positive_int, run_command
 from timm_astro.commands._catalogue_args import add_catalogue_arguments, catalogue_options
 from timm_astro.commands._model_args import (
-    add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args)
+    add_data_config_arguments, add_model_arguments, data_config_overrides, load_model_from_args, reader_options)
 from timm_astro.errors import UserError
 
 PROG = 'timm-astro embed'
-
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -37,6 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from timm_astro.evaluation.embed import COMMAND, NEIGHBOURS, check_neighbours, embed_to_folder
         from timm_astro.evaluation.predict import open_prediction_inputs
         from timm_astro.outputs import check_output_location
+        reading = reader_options(args)  # an impossible --stretch is one line before anything loads
         inputs = open_prediction_inputs(args.input, catalogue_options(args))
         check_neighbours(args.neighbours, len(inputs))  # a missing scikit-learn is said before the model loads
         try:
@@ -48,7 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             model, inputs, args.out, neighbours=args.neighbours,
             data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)), batch_size=args.batch_size,
             workers=args.workers, device=args.device, resume=args.resume, overwrite=args.overwrite,
-            strict=args.strict, progress=not args.no_progress)
+            strict=args.strict, progress=not args.no_progress, reading=reading)
         resumed = f', {summary.resumed} kept from the interrupted run' if summary.resumed else ''
         errors = f', {summary.errors} unreadable (skipped)' if summary.errors else ''
         print(f'{summary.out}: {summary.predicted} images embedded ({summary.dim} features each) in '

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from PIL import Image
 
-from timm_astro.data.images import Unreadable, read_image
+from timm_astro.data.images import Unreadable
 from timm_astro.data.paths import resolve_inside
 from timm_astro.errors import UserError
 
@@ -54,9 +54,10 @@ class Catalogue:
         return len(self.ids)
 
     def load(self, position: int) -> Image.Image:
-        """The image of the catalogue's ``position``-th row, read by the one image reader (or from its HDF5 row)."""
+        """The image of the ``position``-th row of an HDF5 catalogue (a path catalogue's files are read by the
+        reader of whoever reads them: evaluate's and predict's, with the model's stretch)."""
         if self.hdf5 is None:
-            return read_image(self.paths[position])
+            raise ValueError(f'{self.source} names image files, not HDF5 rows: read its paths')
         if self._dataset is None:  # opened once per process; Galaxy10Dataset reopens its handle in a worker itself
             from timm_astro.data.galaxy10 import Galaxy10Dataset
             self._dataset = Galaxy10Dataset(self.hdf5)
@@ -64,8 +65,8 @@ class Catalogue:
 
 
 class CatalogueImages(torch.utils.data.Dataset):
-    """``(image, target)`` per catalogue row, or ``(Unreadable(reason), target)``: what ``ImageFiles`` gives, so
-    ``collate_readable`` and ``evaluate`` treat an unreadable row as they treat an unreadable file."""
+    """``(image, target)`` per row of an HDF5 catalogue, or ``(Unreadable(reason), target)``: what ``ImageFiles``
+    gives, so ``collate_readable`` and ``evaluate`` treat an unreadable row as they treat an unreadable file."""
 
     def __init__(self, catalogue: Catalogue, targets: Sequence[int], transform=None):
         self.catalogue, self.targets, self.transform = catalogue, list(targets), transform

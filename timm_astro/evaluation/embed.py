@@ -11,8 +11,8 @@ anomaly hunting and active learning are built on it. ``embed_to_folder`` writes 
   K. A galaxy far from even its nearest neighbours is unlike the rest of the catalogue; the mean over K (rather
   than the distance to the K-th alone) is steadier when K is small, and is a standard k-NN outlier score. It is
   relative to this catalogue, not an absolute measure;
-* ``errors.csv`` when some images could not be read, and the ``.timm-astro.json`` marker (model, weights digest,
-  preprocessing).
+* ``errors.csv`` when some images could not be read, and the ``.timm-astro.json`` marker (the model, a digest of its
+  weights, the input and which features were taken).
 
 It is written by predict's machinery (``timm_astro.evaluation.predict.stream_rows``): rows stream to a partial CSV
 beside the folder, each holding the ids and the vector (base64 of its float32 bytes, exact), so a row is written
@@ -83,37 +83,38 @@ def check_neighbours(neighbours: int, count: int) -> None:
         raise UserError(f'--neighbours {neighbours} needs more than {neighbours} images; the input has {count}')
 
 
-def _partial_rows(partial: Path):
+def _write_embeddings(partial: Path, folder: Path, ids_width: int, count: int) -> int:
+    """``embeddings.npy`` and ``ids.csv`` in ``folder`` from the partial CSV of ``count`` rows, read once a chunk at
+    a time; returns the number of features."""
     rows = csv.reader(_complete_records(partial))
-    next(rows)  # the header
-    return rows
-
-
-def _write_embeddings(partial: Path, folder: Path, ids_width: int) -> Tuple[int, int]:
-    """``embeddings.npy`` and ``ids.csv`` in ``folder`` from the partial CSV, a chunk at a time; returns (N, D)."""
-    count, dim = 0, 0
-    for row in _partial_rows(partial):
-        dim = dim or len(_decode(row[ids_width]))
-        count += 1
-    array = np.lib.format.open_memmap(folder / EMBEDDINGS, mode='w+', dtype=np.float32, shape=(count, dim))
+    header = next(rows)
+    array, dim, read = None, 0, 0
     with open(folder / IDS, 'w', encoding='utf-8', errors='surrogateescape', newline='') as ids:
-        header = next(csv.reader(_complete_records(partial)))
         ids.write(_csv_text([header[:ids_width]]))
         chunk: List[List[str]] = []
-        for i, row in enumerate(_partial_rows(partial)):
+        for i, row in enumerate(rows):
             vector = _decode(row[ids_width])
-            if len(vector) != dim:
-                raise UserError(f'{partial}: row {i + 2} holds {len(vector)} values, the first {dim}; the file was '
-                                f'changed. Pass --overwrite to start again')
+            if array is None:
+                dim = len(vector)
+                array = np.lib.format.open_memmap(folder / EMBEDDINGS, mode='w+', dtype=np.float32,
+                                                  shape=(count, dim))
+            if len(vector) != dim or i >= count:
+                what = f'holds {len(vector)} values, the first {dim}' if len(vector) != dim else f'is past {count}'
+                raise UserError(f'{partial}: row {i + 2} {what}; the file was changed. Pass --overwrite to start '
+                                f'again')
             array[i] = vector
+            read = i + 1
             chunk.append(row[:ids_width])
             if len(chunk) == CHUNK:
                 ids.write(_csv_text(chunk))
                 chunk = []
         ids.write(_csv_text(chunk))
+    if read != count:
+        raise UserError(f'{partial}: holds {read} rows, {count} were written; the file was changed. Pass --overwrite '
+                        f'to start again')
     array.flush()
     del array
-    return count, dim
+    return dim
 
 
 def _write_neighbours(folder: Path, k: int) -> List[Tuple[str, float]]:
@@ -157,9 +158,12 @@ def embed_to_folder(
         strict: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        reading: Optional[Dict[str, Any]] = None,
 ) -> EmbedSummary:
     """Embed every image of ``inputs`` into the folder ``out`` (see the module docstring), with each object's
-    ``neighbours`` nearest neighbours if asked. Everything that can be refused is checked before any file is made."""
+    ``neighbours`` nearest neighbours if asked. ``reading`` (``stretch``, ``hdu``, ``bands``): as for
+    ``timm_astro.evaluation.predict.predict_to_csv``. Everything that can be refused is checked before any file is
+    made."""
     for method in ('forward_features', 'forward_head'):
         if not callable(getattr(model, method, None)):
             raise UserError(f'{type(model).__name__} has no {method}(): embed needs a timm model (its pre-logits '
@@ -176,12 +180,12 @@ def embed_to_folder(
     stream = RowStream(COMMAND, 'embeddings', header, cells, lambda images: pooled_features(model, images))
     built: Dict[str, Any] = {}
 
-    def finish(partial: Path, errors: List[Tuple[str, str]]) -> None:
+    def finish(partial: Path, errors: List[Tuple[str, str]], rows: int) -> None:
         info = {'model': (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__,
                 'weights_sha256': _weights_sha256(model), 'input': inputs.source,
                 'features': 'forward_head(forward_features(x), pre_logits=True)'}
         with atomic_output_dir(out, COMMAND, overwrite=overwrite or resume, marker_info=info) as tmp:
-            built['count'], built['dim'] = _write_embeddings(partial, tmp, len(id_columns))
+            built['count'], built['dim'] = rows, _write_embeddings(partial, tmp, len(id_columns), rows)
             k = min(neighbours, built['count'] - 1)
             if neighbours and k < neighbours:
                 log(f'only {built["count"]} images could be read: {k} neighbours each instead of {neighbours}')
@@ -194,7 +198,7 @@ def embed_to_folder(
                 log(f'{len(errors)} image(s) could not be read and were skipped: see {ERRORS}')
     summary = stream_rows(model, inputs, out, stream, data_config=data_config, batch_size=batch_size,
                           workers=workers, device=device, resume=resume, overwrite=overwrite, strict=strict,
-                          progress=progress, log=log, finish=finish)
+                          progress=progress, log=log, finish=finish, reading=reading)
     return EmbedSummary(summary.out, summary.predicted, summary.resumed, summary.errors, summary.seconds,
                         dim=built['dim'], neighbours=built.get('k', 0), outliers=built.get('outliers', []))
 

@@ -10,9 +10,10 @@ Memory stays constant however long the catalogue: images stream through a DataLo
 partial file beside the output (``.NAME.partial``), renamed into place at the end. After an interruption,
 ``resume=True`` keeps the rows already written and predicts only the rest, so no image is predicted twice and none
 is missed. A resume must continue the same run: the partial file has a record beside it (``.NAME.partial.json``:
-the input's absolute path and a digest of its image list, the model and a digest of its weights, the TTA, label
-names and data config), and a resume whose record differs is refused, saying what differs. One run writes an output
-at a time (``timm_astro.outputs.output_lock``). Rows are written and read back with the csv module only, so a file
+the input's absolute path, a digest of its ids and one of where each image is read from (its file, or HDF5 file
+and row), the model and a digest of its weights, the TTA, label names and data config), and a resume whose record
+differs is refused, saying what differs. One run writes an output at a time (``timm_astro.outputs.output_lock``),
+and ``out`` is checked again once it holds the lock. Rows are written and read back with the csv module only, so a file
 name holding a line break (legal on Linux) stays one record. An image that cannot be read is reported and counted
 (listed in ``NAME.errors.csv``) and the run goes on, or stops at once with ``strict=True``.
 
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from timm_astro.data.catalogue import CATALOGUE_SUFFIXES, read_catalogue
 from timm_astro.data.fits import is_fits
-from timm_astro.data.images import ImageReader, band_data_config, read_image, reader_for_model
+from timm_astro.data.images import ImageReader, band_data_config, reader_for_model
 from timm_astro.errors import OutputExistsError, UserError, describe_os_error
 from timm_astro.evaluation.evaluate import H5_SUFFIXES
 from timm_astro.evaluation.metrics import predictive_entropy
@@ -63,14 +64,18 @@ class PredictionInputs(torch.utils.data.Dataset):
     """The images to classify, in a fixed order; items are ``(image tensor or None, position, error text)``.
 
     An image that cannot be opened or decoded yields ``None`` and the reason instead of raising, so that one bad
-    file never stops a DataLoader worker. Files (``paths``) are read by ``reader`` (set by ``stream_rows`` from the
-    model: its stretch and band count, ``timm_astro.data.images.reader_for_model``); other inputs by ``load``.
+    file never stops a DataLoader worker. The images are files (``paths``), read by ``reader`` (set by
+    ``stream_rows`` from the model: its stretch and band count, ``timm_astro.data.images.reader_for_model``), or
+    HDF5 rows read by ``load``, with ``origins`` naming each ('FILE:ROW') for the run's record.
     """
 
-    def __init__(self, ids: List[str], id_columns: Dict[str, List[str]], load: Callable[[int], Image.Image],
-                 source: str, transform: Optional[Callable] = None, paths: Optional[List[str]] = None):
-        self.ids, self.id_columns, self.load, self.source, self.transform = ids, id_columns, load, source, transform
-        self.paths, self.reader = paths, ImageReader()
+    def __init__(self, ids: List[str], id_columns: Dict[str, List[str]], source: str, *,
+                 paths: Optional[List[str]] = None, load: Optional[Callable[[int], Image.Image]] = None,
+                 origins: Optional[List[str]] = None, transform: Optional[Callable] = None):
+        if (paths is None) == (load is None) or (load is not None and origins is None):
+            raise TypeError('PredictionInputs takes paths, or load with the origins of what it loads')
+        self.ids, self.id_columns, self.source, self.transform = ids, id_columns, source, transform
+        self.paths, self.load, self.origins, self.reader = paths, load, origins, ImageReader()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -83,10 +88,6 @@ class PredictionInputs(torch.utils.data.Dataset):
             return None, position, f'{type(e).__name__}: {e}'.replace('\n', ' ')
 
 
-def _load_file(path: str) -> Image.Image:
-    return read_image(path)  # evaluate's reader and rules: 16-bit pixels scaled, special files never opened, ...
-
-
 def open_prediction_inputs(source: PathLike, catalogue: Optional[Dict[str, Any]] = None) -> PredictionInputs:
     """A folder (searched recursively for images), a text file of image paths (one a line; relative paths are
     relative to the text file; blank lines and '#' comments skipped), a Galaxy10-schema HDF5 file, or a catalogue
@@ -95,10 +96,10 @@ def open_prediction_inputs(source: PathLike, catalogue: Optional[Dict[str, Any]]
     path = Path(source)
     if path.suffix.lower() in CATALOGUE_SUFFIXES:
         table = read_catalogue(path, **(catalogue or {}))
-        files = [str(p) for p in table.paths]  # read as a folder's files are; HDF5 rows as an HDF5 input's
-        load = table.load if table.hdf5 is not None else (lambda i: _load_file(files[i]))
-        return PredictionInputs(table.ids, table.columns, load, str(path),
-                                paths=None if table.hdf5 is not None else files)
+        if table.hdf5 is None:  # read as a folder's files are; HDF5 rows as an HDF5 input's
+            return PredictionInputs(table.ids, table.columns, str(path), paths=[str(p) for p in table.paths])
+        return PredictionInputs(table.ids, table.columns, str(path), load=table.load,
+                                origins=[f'{table.hdf5.resolve()}:{row}' for row in table.rows])
     if not path.exists():
         raise UserError(f'{path}: no such file or folder; expected a folder of images, a text file of image paths, '
                         f'a Galaxy10-schema HDF5 file or a catalogue CSV')
@@ -108,15 +109,15 @@ def open_prediction_inputs(source: PathLike, catalogue: Optional[Dict[str, Any]]
         if not files:
             raise UserError(f'{path}: no images found (looked for {", ".join(extensions)}, .fits at any depth)')
         ids = [p.relative_to(path).as_posix() for p in files]
-        return PredictionInputs(ids, {'path': ids}, lambda i: _load_file(str(files[i])), str(path),
-                                paths=[str(p) for p in files])
+        return PredictionInputs(ids, {'path': ids}, str(path), paths=[str(p) for p in files])
     suffix = path.suffix.lower()
     if suffix in H5_SUFFIXES:
         from timm_astro.data.galaxy10 import Galaxy10Dataset
         dataset = Galaxy10Dataset(path)
         columns = dataset.metadata()
         columns = {k: v for k, v in columns.items() if k == 'index' or any(v)}  # drop columns the file lacks
-        return PredictionInputs(columns['index'], columns, lambda i: dataset[i][0], str(path))
+        return PredictionInputs(columns['index'], columns, str(path), load=lambda i: dataset[i][0],
+                                origins=[f'{path.resolve()}:{row}' for row in columns['index']])
     if suffix in LIST_SUFFIXES:
         try:
             text = path.read_text(encoding='utf-8')
@@ -129,7 +130,7 @@ def open_prediction_inputs(source: PathLike, catalogue: Optional[Dict[str, Any]]
         if not entries:
             raise UserError(f'{path}: the list names no images (one path a line expected)')
         files = [str(Path(e) if Path(e).is_absolute() else path.parent / e) for e in entries]
-        return PredictionInputs(entries, {'path': entries}, lambda i: _load_file(files[i]), str(path), paths=files)
+        return PredictionInputs(entries, {'path': entries}, str(path), paths=files)
     raise UserError(f'{path}: expected a folder, a list of paths ({", ".join(LIST_SUFFIXES)}), an HDF5 file '
                     f'({", ".join(H5_SUFFIXES)}) or a catalogue ({", ".join(CATALOGUE_SUFFIXES)}); got a '
                     f'{suffix or "suffix-less"} file')
@@ -200,18 +201,23 @@ def _weights_sha256(model: nn.Module) -> str:
 def _run_record(model: nn.Module, inputs: PredictionInputs, label_names: Sequence[str], tta: str,
                 config: Dict[str, Any], header: List[str], command: str = COMMAND) -> Dict[str, Any]:
     """What decides the rows of a prediction: which images, which model and weights, which options. A resume must
-    find the same, or it would append another run's rows to this one's (two folders with the same file names)."""
-    ids = '\0'.join(inputs.ids).encode('utf-8', 'surrogateescape')
+    find the same, or it would append another run's rows to this one's (two folders with the same file names, a
+    catalogue read with another images root or HDF5 file: the same ids, other images)."""
+    origins = [os.path.abspath(p) for p in inputs.paths] if inputs.paths is not None else inputs.origins
     return {
         'created_by': command, 'version': __version__,
         'input': str(Path(inputs.source).resolve()), 'images': len(inputs.ids),
-        'images_sha256': hashlib.sha256(ids).hexdigest(),
+        'images_sha256': _digest(inputs.ids), 'origins_sha256': _digest(origins),
         'model': (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__,
         'weights_sha256': _weights_sha256(model),
         'tta': tta, 'label_names': list(label_names),
         'data_config': json.loads(json.dumps({k: v for k, v in sorted(config.items())}, default=str)),
         'columns': header,
     }
+
+
+def _digest(texts: Sequence[str]) -> str:
+    return hashlib.sha256('\0'.join(texts).encode('utf-8', 'surrogateescape')).hexdigest()
 
 
 def _short(value: Any) -> str:
@@ -226,6 +232,12 @@ def _record_difference(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str
         if old.get('images') != new['images']:
             return f'read another list of images ({old.get("images")} images there, {new["images"]} now)'
         return f'read another list of images (as many, {new["images"]}, with other names or order)'
+    if 'origins_sha256' not in old:
+        return (f'was written by timm-astro {old.get("version")}, whose record does not say where its images were '
+                f'read from')
+    if old['origins_sha256'] != new['origins_sha256']:
+        return ('read the same ids from other images (other files or HDF5 rows: another --images-root, --path-column '
+                'or --hdf5?)')
     if old.get('model') != new['model']:
         return f'used another model ({old.get("model")} there, {new["model"]} now)'
     if old.get('weights_sha256') != new['weights_sha256']:
@@ -500,21 +512,23 @@ def stream_rows(
         strict: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = print,
-        finish: Optional[Callable[[Path, List[Tuple[str, str]]], None]] = None,
+        finish: Optional[Callable[[Path, List[Tuple[str, str]], int], None]] = None,
         reading: Optional[Dict[str, Any]] = None,
 ) -> PredictSummary:
     """Stream the rows of ``stream`` for every image of ``inputs`` into a partial file beside ``out`` (resumable,
-    locked, fingerprinted: see the module docstring), then ``finish(partial, errors)`` builds ``out`` from it;
-    by default the partial CSV becomes ``out``. The caller has checked ``out``'s location for its kind of output."""
+    locked, fingerprinted: see the module docstring), then ``finish(partial, errors, rows)`` builds ``out`` from it
+    (``rows``: how many it holds); by default the partial CSV becomes ``out``. ``out`` is checked here (again once
+    locked) as a file or, with ``finish``, as a folder of ``stream.command``'s; a caller checks it before loading
+    the model."""
     from timm.data import create_transform, resolve_model_data_config
     for name, value in (('batch_size', batch_size), ('workers', workers + 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f'{name} must be a whole number of at least {1 if name == "batch_size" else 0}')
     out = Path(out)
+    kind = 'file' if finish is None else 'folder'
+    check_output_location(out, overwrite=overwrite or resume, kind=kind, created_by=stream.command)
     if finish is None:
-        out = check_output_location(out, overwrite=overwrite or resume, kind='file')
-
-        def finish(partial: Path, errors: List[Tuple[str, str]]) -> None:
+        def finish(partial: Path, errors: List[Tuple[str, str]], rows: int) -> None:
             _finish_csv(partial, out, errors, log)
     # files through the model's reader (its stretch and band count): data that do not fit it are one line, here
     reader = reader_for_model(model, **(reading or {}))
@@ -541,6 +555,8 @@ def stream_rows(
         raise UserError(f'{out}: cannot be written: {describe_os_error(e)}') from None
     try:
         with output_lock(out, stream.command):
+            # again: another run may have finished ``out`` since the check above, and would be replaced
+            check_output_location(out, overwrite=overwrite or resume, kind=kind, created_by=stream.command)
             done = _start_or_resume(out, record, inputs.ids, resume, overwrite)
             return _stream_rows(inputs, out, done, stream, batch_size, workers, device, strict, progress, log, finish)
     finally:
@@ -550,7 +566,7 @@ def stream_rows(
 
 def _stream_rows(inputs: PredictionInputs, out: Path, done: set, stream: RowStream, batch_size: int, workers: int,
                  device: Union[str, torch.device], strict: bool, progress: bool, log: Callable[[str], None],
-                 finish: Callable[[Path, List[Tuple[str, str]]], None]) -> PredictSummary:
+                 finish: Callable[[Path, List[Tuple[str, str]], int], None]) -> PredictSummary:
     """Append the rows of the images not in ``done`` to the partial file, then ``finish`` the output from it."""
     partial, record_path = _partial_paths(out)
     noun = stream.noun
@@ -601,6 +617,6 @@ def _stream_rows(inputs: PredictionInputs, out: Path, done: set, stream: RowStre
     if predicted + len(done) == 0:
         _remove_partial(partial, record_path)
         raise UserError(f'{inputs.source}: none of the {len(inputs)} images could be read; nothing was written')
-    finish(partial, errors)
+    finish(partial, errors, predicted + len(done))
     _remove_partial(partial, record_path)
     return PredictSummary(out, predicted, len(done), len(errors), seconds)
