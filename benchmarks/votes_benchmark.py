@@ -53,7 +53,7 @@ from timm_astro.data.votes import VotesDataset, read_vote_set_info  # noqa: E402
 from timm_astro.evaluation.compare import paired_bootstrap_mean  # noqa: E402
 from timm_astro.evaluation.votes import (expected_fractions, observed_fractions, predict_votes,  # noqa: E402
                                          vote_metrics)
-from timm_astro.losses import DirichletMultinomialLoss, dirichlet_multinomial_nll  # noqa: E402
+from timm_astro.losses import DirichletMultinomialLoss, mean_galaxy_nll  # noqa: E402
 from timm_astro.training import train_args, train_classifier  # noqa: E402
 
 from benchutils import (  # noqa: E402
@@ -90,11 +90,10 @@ def score(model: torch.nn.Module, dataset: VotesDataset, args: argparse.Namespac
     every galaxy's error per question."""
     tree = dataset.tree
     concentrations, counts = predict_votes(model, dataset, batch_size=args.eval_batch_size, workers=args.workers)
-    nll = dirichlet_multinomial_nll(concentrations.double(), counts.double(), torch.tensor(tree.question_index),
-                                    len(tree.questions))
     fractions = expected_fractions(concentrations, tree).numpy()
     metrics = vote_metrics(fractions, counts.numpy(), tree)
-    out = {f'{split}_loss': round(float(nll.sum(1).mean()), 5), f'{split}_mae': round(metrics['mean_mae'], 6),
+    loss = mean_galaxy_nll(concentrations.double(), counts.double(), tree)
+    out = {f'{split}_loss': round(float(loss), 5), f'{split}_mae': round(metrics['mean_mae'], 6),
            f'{split}_mae_by_question': {q: None if m['mae'] is None else round(m['mae'], 6)
                                         for q, m in metrics['questions'].items()}}
     if per_galaxy:

@@ -217,6 +217,38 @@ def test_concentrations_are_bounded_and_the_loss_prefers_the_observed_fractions(
         loss_fn(torch.zeros(2, 10), torch.zeros(2, 10))
 
 
+def test_the_concentration_map_is_written_from_the_bounds(tmp_path: Path):
+    """The text that config.json and the model card give for the map is the one to_concentrations applies."""
+    import re
+
+    import timm
+    from timm_astro import losses, votes_model
+    found = re.fullmatch(r'(\S+) \+ (\S+) \* sigmoid\(output\)', losses.CONCENTRATION_MAP)
+    assert found, losses.CONCENTRATION_MAP
+    outputs = torch.linspace(-8, 8, 17)
+    low, scale = float(found.group(1)), float(found.group(2))
+    assert torch.allclose(low + scale * torch.sigmoid(outputs), to_concentrations(outputs))
+    assert votes_model.CONCENTRATION_MAP == losses.CONCENTRATION_MAP
+    export = votes_model.export_votes_model(timm.create_model('test_resnet', num_classes=28), tmp_path / 'export',
+                                            load_tree('gz2'))
+    assert f'`{losses.CONCENTRATION_MAP}` is a Dirichlet concentration' in (export / 'README.md').read_text()
+
+
+def test_one_loss_per_galaxy_for_training_evaluation_and_benchmarks():
+    """mean_galaxy_nll (concentrations in) is the training loss (raw outputs in): the NLL summed over questions,
+    averaged over galaxies."""
+    from timm_astro.losses import mean_galaxy_nll
+    tree = load_tree('gz2')
+    rng = np.random.default_rng(1)
+    outputs = torch.from_numpy(rng.normal(0, 2, (5, tree.n_answers)))
+    counts = torch.from_numpy(rng.integers(0, 20, (5, tree.n_answers)).astype(np.float64))
+    expected = dirichlet_multinomial_nll(to_concentrations(outputs), counts, torch.tensor(tree.question_index),
+                                         len(tree.questions)).sum(1).mean()
+    assert mean_galaxy_nll(to_concentrations(outputs), counts, tree) == pytest.approx(float(expected), rel=1e-12)
+    assert mean_galaxy_nll(to_concentrations(outputs), counts, tree) == \
+        pytest.approx(float(DirichletMultinomialLoss(tree)(outputs, counts)), rel=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the vote-set reader
 

@@ -33,6 +33,7 @@ from timm.models._hub import generate_readme  # not re-exported by timm.models
 
 from timm_astro.environment import hub_endpoint_problem
 from timm_astro.errors import UserError
+from timm_astro.losses import CONCENTRATION_MAP
 from timm_astro.loading import (
     INPUT_KEYS, existing_file, input_entries, load_model, model_from_checkpoint, read_train_checkpoint, w_form)
 from timm_astro.outputs import atomic_output_dir, check_output_location
@@ -168,7 +169,7 @@ def _model_card(
     )
     if votes_tree:
         description += (
-            f" It has one output per answer of the {votes_tree['name']} decision tree: `1 + 99 * sigmoid(output)` is"
+            f" It has one output per answer of the {votes_tree['name']} decision tree: `{CONCENTRATION_MAP}` is"
             ' a Dirichlet concentration, and within each question the concentrations divided by their sum are the'
             " expected fractions of volunteers giving each answer (Walmsley et al. 2022's Dirichlet-multinomial"
             ' likelihood of the vote counts). A question asked only after an earlier answer (edge-on? after'

@@ -11,12 +11,13 @@ with ``A = sum_k a_k``. The loss is its negative, summed over questions: a galax
 constrains the prediction more than one answered by few, and a question nobody was asked (``N = 0``) contributes
 exactly 0. The expected vote fractions are ``alpha / A`` per question (``timm_astro.evaluation.votes``).
 
-Concentrations are ``1 + 99 * sigmoid(output)``, in [1, 100], as Zoobot maps them, for two reasons: a lower bound of
-1 keeps every answer's marginal Beta(a_k, A - a_k) from piling its mass at fractions 0 and 1 (a U shape that says
-"certainly all or certainly none", which votes of a few tens of volunteers cannot support), and an upper bound
-stops the fit from sending concentrations to infinity: for any one galaxy the likelihood keeps rising as ``alpha``
-grows along the observed fractions (it tends to the multinomial's), so an unbounded map (``1 + softplus``) rewards
-ever more confident predictions.
+Concentrations are ``1 + 99 * sigmoid(output)`` (``CONCENTRATION_MAP``), in [1, 100]: Zoobot-like, not Zoobot's
+(``sigmoid(output) * 100 + 1``, in [1, 101]). Bounded, for two reasons: a lower bound of 1 keeps every answer's
+marginal Beta(a_k, A - a_k) from piling its mass at fractions 0 and 1 (a U shape that says "certainly all or
+certainly none", which votes of a few tens of volunteers cannot support), and an upper bound stops the fit from
+sending concentrations to infinity: for any one galaxy the likelihood keeps rising as ``alpha`` grows along the
+observed fractions (it tends to the multinomial's), so an unbounded map (``1 + softplus``) rewards ever more
+confident predictions.
 """
 from typing import Union
 
@@ -25,11 +26,13 @@ import torch.nn as nn
 
 from timm_astro.data.decision_tree import DecisionTree, load_tree
 
-__all__ = ['MIN_CONCENTRATION', 'MAX_CONCENTRATION', 'to_concentrations', 'dirichlet_multinomial_nll',
-           'DirichletMultinomialLoss']
+__all__ = ['MIN_CONCENTRATION', 'MAX_CONCENTRATION', 'CONCENTRATION_MAP', 'to_concentrations',
+           'dirichlet_multinomial_nll', 'mean_galaxy_nll', 'DirichletMultinomialLoss']
 
 MIN_CONCENTRATION = 1.0
 MAX_CONCENTRATION = 100.0
+# to_concentrations in words, for a votes model's config.json (checked when it loads) and its model card
+CONCENTRATION_MAP = f'{MIN_CONCENTRATION:g} + {MAX_CONCENTRATION - MIN_CONCENTRATION:g} * sigmoid(output)'
 
 
 def to_concentrations(outputs: torch.Tensor) -> torch.Tensor:
@@ -60,6 +63,14 @@ def dirichlet_multinomial_nll(concentrations: torch.Tensor, counts: torch.Tensor
                 + answer_terms)
     # nobody answered: the likelihood of no votes is 1; where() makes the term exactly 0 (and its gradient too)
     return torch.where(total_votes > 0, -log_prob, torch.zeros_like(log_prob))
+
+
+def mean_galaxy_nll(concentrations: torch.Tensor, counts: torch.Tensor, tree: DecisionTree) -> torch.Tensor:
+    """The loss of a set of galaxies from their concentrations: the NLL summed over each galaxy's questions,
+    averaged over galaxies (``DirichletMultinomialLoss``'s value). train-votes validates on it and evaluate and the
+    benchmarks report it, so their figures are the training loss's."""
+    index = torch.tensor(tree.question_index)
+    return dirichlet_multinomial_nll(concentrations, counts, index, len(tree.questions)).sum(dim=1).mean()
 
 
 class DirichletMultinomialLoss(nn.Module):

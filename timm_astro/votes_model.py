@@ -18,13 +18,13 @@ import torch.nn as nn
 
 from timm_astro.data.decision_tree import DecisionTree, tree_from_dict
 from timm_astro.errors import UserError
+from timm_astro.losses import CONCENTRATION_MAP
 
 __all__ = ['VOTES_TASK', 'CONCENTRATION_MAP', 'VOTES_KEYS', 'is_votes_model', 'export_votes_model',
            'load_votes_model']
 
 PathLike = Union[str, os.PathLike]
 VOTES_TASK = 'votes'
-CONCENTRATION_MAP = '1 + 99 * sigmoid(output)'  # timm_astro.losses.to_concentrations
 VOTES_KEYS = ('task', 'tree', 'concentration')  # what a votes model carries in pretrained_cfg once loaded
 
 

@@ -101,11 +101,11 @@ def _device(name: str) -> torch.device:
 def _validation_metrics(model, val_set, tree, batch_size: int, device, workers: int) -> Dict[str, Any]:
     """The loss (per galaxy, summed over questions) and the fraction metrics on the validation split."""
     from timm_astro.evaluation.votes import expected_fractions, predict_votes, vote_metrics
-    from timm_astro.losses import dirichlet_multinomial_nll
+    from timm_astro.losses import mean_galaxy_nll
     concentrations, counts = predict_votes(model, val_set, batch_size=batch_size, device=device, workers=workers)
-    nll = dirichlet_multinomial_nll(concentrations, counts, torch.tensor(tree.question_index), len(tree.questions))
     metrics = vote_metrics(expected_fractions(concentrations, tree).numpy(), counts.numpy(), tree)
-    return {'val_loss': float(nll.sum(1).mean()), 'val_fraction_mae': metrics['mean_mae'], 'metrics': metrics}
+    return {'val_loss': float(mean_galaxy_nll(concentrations, counts, tree)), 'val_fraction_mae': metrics['mean_mae'],
+            'metrics': metrics}
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:

@@ -303,7 +303,7 @@ def evaluate_votes(
 
     from timm_astro.data.images import ImageFiles, collate_readable
     from timm_astro.data.votes import VotesDataset
-    from timm_astro.losses import dirichlet_multinomial_nll, to_concentrations
+    from timm_astro.losses import mean_galaxy_nll, to_concentrations
     tree = model_tree(model)
     votes = VotesDataset(data, split, tree)  # the counts in the model's answer order, every row checked
     config = resolve_model_data_config(model)
@@ -336,9 +336,7 @@ def evaluate_votes(
     concentrations, kept = torch.cat(chunks), torch.cat(rows).numpy()
     counts = votes.counts[kept].astype(np.float64)
     metrics = vote_metrics(expected_fractions(concentrations, tree).numpy(), counts, tree, min_votes=min_votes)
-    nll = dirichlet_multinomial_nll(concentrations.double(), torch.from_numpy(counts),
-                                    torch.tensor(tree.question_index), len(tree.questions))
-    metrics['nll'] = float(nll.sum(1).mean())
+    metrics['nll'] = float(mean_galaxy_nll(concentrations.double(), torch.from_numpy(counts), tree))
     silent = [name for name, q in metrics['questions'].items() if q['galaxies'] == 0]
     if silent:
         warnings.append(f'{len(silent)} question(s) have no galaxy with at least {min_votes} vote(s) in this split '
