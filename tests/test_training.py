@@ -87,3 +87,21 @@ def test_every_default_key_is_a_train_py_option():
     from pathlib import Path
     options = set((Path(__file__).parent / 'data' / 'train_py_options.txt').read_text().split())
     assert set(TRAIN_DEFAULTS) <= options, sorted(set(TRAIN_DEFAULTS) - options)
+
+
+def test_cpu_seconds_go_on_from_where_a_resumed_run_stopped(two_class_folder, tmp_path):
+    """A run stopped after 2 epochs and resumed for its third: the history's cpu_s counts on, never restarts at 0."""
+    def run(**kwargs):
+        model = timm.create_model('test_resnet', num_classes=2)
+        dataset = create_dataset('', root=str(two_class_folder), split='train', is_training=True)
+        args = train_args({'opt': 'adamw', 'lr': 1e-3, 'epochs': 3, 'warmup_epochs': 0, 'batch_size': 16,
+                           'smoothing': 0.0, 'seed': 0})
+        return train_classifier(model, dataset, args, data_config={'input_size': (3, 16, 16), 'mean': (0.5,) * 3,
+                                                                   'std': (0.5,) * 3},
+                                num_classes=2, checkpoint=tmp_path / 'last.pth.tar', **kwargs)
+
+    assert len(run(should_stop=lambda history: len(history) == 2).history) == 2
+    history = run(resume=tmp_path / 'last.pth.tar').history
+    assert [h['epoch'] for h in history] == [1, 2, 3]
+    cpu = [h['cpu_s'] for h in history]
+    assert cpu == sorted(cpu) and cpu[0] > 0, cpu

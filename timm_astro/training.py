@@ -211,7 +211,8 @@ def train_classifier(
     return the trained model and the per-epoch history.
 
     Each history entry has the epoch, the optimizer steps so far (``step``), the mean train loss since the previous
-    entry, the lr, and the training's CPU-seconds so far (``cpu_s``). The hooks' own time (``on_epoch_end``, e.g. a
+    entry, the lr, and the training's CPU-seconds so far (``cpu_s``, before the interruption too when resumed;
+    ``cpu_seconds`` likewise). The hooks' own time (``on_epoch_end``, e.g. a
     validation pass, ``should_stop`` and checkpoints) is not counted, in ``cpu_s`` nor in the result's seconds: a
     run's cost is the same whether it is watched or not.
 
@@ -302,7 +303,9 @@ def train_classifier(
         _set_rng_state(state['rng'])  # last: building the model and loader above drew random numbers
 
     arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')  # as train.py's checkpoints name it
-    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    # a resumed run counts its CPU-seconds on from its last entry: cpu_s never goes back in one run's history
+    cpu_start = time.process_time() - (history[-1]['cpu_s'] if history else 0.0)
+    wall_start = time.perf_counter()
     hook_cpu, hook_wall = 0.0, 0.0  # time spent in the hooks and checkpoints, not counted as training
     loss_sum, seen = 0.0, 0
 
