@@ -147,3 +147,28 @@ def test_a_vote_set_that_names_no_tree_needs_tree(tmp_path: Path, capsys):
     (data / 'dataset.json').write_text(json.dumps({'kind': 'votes'}))
     assert _train(data, tmp_path / 'run') == 2
     assert 'dataset.json: names no "tree"; give the decision tree with --tree' in capsys.readouterr().err
+
+
+def test_resume_refuses_another_vote_set(finished_run: Path, vote_set: Path, tmp_path: Path, capsys):
+    import shutil
+    run = tmp_path / 'run'
+    shutil.copytree(finished_run, run)
+    other = write_vote_set(tmp_path / 'other', per_split=(12, 6, 2), seed=1)  # the same tree, other galaxies
+    assert _train(other, run, '--resume') == 2
+    err = capsys.readouterr().err
+    assert f'was trained on the vote set {vote_set.resolve()} (manifest.csv sha256 ' in err
+    assert f'not on {other}' in err and len(err.splitlines()) == 1
+    moved = tmp_path / 'moved'
+    shutil.copytree(vote_set, moved)  # the same vote set elsewhere: the same galaxies, votes and splits
+    assert _train(moved, run, '--resume') == 0
+
+
+def test_an_unreadable_image_is_refused_before_training(tmp_path: Path, capsys):
+    data = write_vote_set(tmp_path / 'votes', per_split=(4, 2, 0))
+    (data / 'validation' / '001.jpg').write_bytes(b'not a jpeg')
+    out = tmp_path / 'run'
+    assert _train(data, out) == 2
+    err = capsys.readouterr().err
+    assert f'{data / "validation" / "001.jpg"}: cannot be read as an image: not an image Pillow can identify' in err
+    assert '1 of the 2 validation images' in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -180,3 +180,56 @@ def test_a_tree_that_does_not_fit_the_head_is_refused(export: Path, vote_set: Pa
     err = _refused(capsys, f'local-dir:{bad}', str(vote_set), '--split', 'test', '--output', str(tmp_path / 'out'))
     assert 'its tree has 25 answers but the model has 28 outputs' in err
     assert not (tmp_path / 'out').exists()
+
+
+def _as_votes_model(model: torch.nn.Module, tree_name: str = 'gz2') -> torch.nn.Module:
+    """``model`` marked as load_votes_model marks an export: the task and the tree in its pretrained_cfg."""
+    model.pretrained_cfg = {**model.pretrained_cfg, 'task': 'votes', 'tree': load_tree(tree_name).to_dict()}
+    return model
+
+
+def test_a_16_bit_image_is_read_alike_for_training_and_evaluation(tmp_path: Path):
+    """train-votes (its training images, and its validation through predict_votes) and evaluate read a galaxy to
+    the same pixels: a 16-bit PNG scaled to 8 bits by its depth, not clipped white."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    from timm_astro.data.images import read_image
+    from timm_astro.data.votes import VotesDataset
+    from timm_astro.evaluation.votes import evaluate_votes, predict_votes
+    data = write_vote_set(tmp_path / 'gz2', per_split=(2, 1, 2), seed=3)
+    manifest = data / 'manifest.csv'
+    manifest.write_text(manifest.read_text().replace('test/000.jpg', 'test/000.png'))
+    ramp = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
+    Image.fromarray(ramp).save(data / 'test' / '000.png')
+    assert Image.open(data / 'test' / '000.png').mode.startswith('I')
+
+    model = _as_votes_model(constant_votes_model())
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    result = evaluate_votes(model, data, 'test', data_config={'input_size': (3, 16, 16), 'crop_pct': 1.0},
+                            progress=False)
+    evaluated, seen[:] = torch.cat(seen), []
+    validation = VotesDataset(data, 'test', transform=create_transform(**result.data_config, is_training=False))
+    predict_votes(model, validation)
+    assert torch.equal(torch.cat(seen), evaluated)
+
+    image, _ = VotesDataset(data, 'test')[0]  # what training's augmentation starts from
+    expected = np.asarray(read_image(data / 'test' / '000.png'))
+    assert np.array_equal(np.asarray(image), expected) and 100 < expected.mean() < 155
+
+
+def test_a_one_band_votes_model_reads_one_band(vote_set: Path):
+    """evaluate reads a votes model's images as the model takes them (reader_for_model: one band for in_chans=1)."""
+    from timm_astro.evaluation.votes import evaluate_votes
+    model = _as_votes_model(timm.create_model('test_resnet', num_classes=28, in_chans=1))
+    result = evaluate_votes(model, vote_set, 'test', progress=False,
+                            data_config={'input_size': (1, 16, 16), 'crop_pct': 1.0, 'mean': (0.5,), 'std': (0.5,)})
+    assert len(result.item_ids) == 6 and result.data_config['input_size'] == (1, 16, 16)
+
+
+def test_the_reading_options_reach_a_votes_model(export: Path, vote_set: Path, tmp_path: Path, capsys):
+    err = _refused(capsys, f'local-dir:{export}', str(vote_set), '--split', 'test', '--bands', '1,2',
+                   '--output', str(tmp_path / 'out'))
+    assert '2 FITS bands (1, 2) for a model that takes 3 (in_chans)' in err
+    assert not (tmp_path / 'out').exists()

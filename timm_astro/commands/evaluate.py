@@ -94,7 +94,8 @@ def run_votes(args: argparse.Namespace, model) -> None:
                         f'the plain view (leave out --tta)')
     result = evaluate_votes(
         model, args.data, args.split, data_config=data_config_overrides(args, getattr(model, 'in_chans', 3)),
-        batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)
+        batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress,
+        **reader_options(args))
     for warning in result.warnings:
         print(f'{PROG}: warning: {warning}', file=sys.stderr)
     write_vote_report(result, args.output, overwrite=args.overwrite, plots=not args.no_plots,

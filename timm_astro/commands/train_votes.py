@@ -4,11 +4,14 @@ The model gets one output per answer of the vote set's decision tree and trains 
 likelihood of the vote counts (``timm_astro.losses``), through ``timm_astro.training`` (timm's create_loader,
 create_optimizer_v2, create_scheduler_v2, ModelEmaV3). The recipe is train.py's keys: the built-in
 ``GZ2_VOTES_RECIPE`` (= ``train_configs/gz2_votes_astroformer_small.yaml``) or ``--recipe FILE``, then ``--set
-KEY=VALUE`` and ``--epochs`` / ``--batch-size`` / ``--img-size``. Every option is checked before any work.
+KEY=VALUE`` and ``--epochs`` / ``--batch-size`` / ``--img-size``. Every option is checked before any work, and
+every image of the training and validation splits is read once (as evaluate reads it): an unreadable one is refused
+before training, in one line naming it.
 
 Each epoch prints the training loss and, on the validation split, the loss and the mean absolute error of the
 expected vote fractions, then replaces ``DIR/last.pth.tar`` (atomically) with everything needed to go on:
-``--resume`` continues an interrupted run exactly. At the end ``DIR/model`` is a Hub-ready export (``config.json``
+``--resume`` continues an interrupted run exactly, on the same vote set (the checkpoint holds its folder and the
+sha256 of its manifest.csv; another set is refused). At the end ``DIR/model`` is a Hub-ready export (``config.json``
 records ``"task": "votes"`` and the tree; the answers are its ``label_names``: ``timm_astro.votes_model``), reloaded
 with ``load_votes_model`` (``timm_astro.loading.load_model`` underneath) and checked to give identical outputs and
 the same tree; ``DIR/summary.json`` holds the history and the last validation's metrics per question.
@@ -114,7 +117,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     from timm.utils import random_seed
 
     from timm_astro.data.decision_tree import load_tree
-    from timm_astro.data.votes import VotesDataset, read_vote_set_info
+    from timm_astro.data.images import reader_for_model
+    from timm_astro.data.votes import VotesDataset, manifest_sha256, read_vote_set_info
     from timm_astro.losses import DirichletMultinomialLoss
     from timm_astro.outputs import atomic_file, check_output_location
     from timm_astro.training import check_own_loss_args, check_resumable, read_checkpoint, train_args, \
@@ -159,8 +163,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     overrides.update({k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()
                       if k in ('crop_pct', 'mean', 'std', 'interpolation') and v is not None})
     data_config = resolve_model_data_config(model, args=overrides)
+    reader = reader_for_model(model)  # as evaluate and predict will read the trained model's images
+    splits = info.get('splits') or {}
+    train_set = VotesDataset(args.data, recipe.get('train_split', 'train'), tree, reader=reader)
+    val_split = recipe.get('val_split', 'validation')
+    val_set = None if splits and val_split not in splits else VotesDataset(args.data, val_split, tree, reader=reader)
     extra = {'task': 'votes', 'tree': tree.to_dict(), 'model': args.model,
-             'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}}
+             'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+             'vote_set': {'folder': str(train_set.root.resolve()), 'manifest_sha256': manifest_sha256(args.data)}}
     out = Path(args.out)
     checkpoint = out / CHECKPOINT
     state = None
@@ -176,6 +186,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 shown = f' {state.get(key)!r} (now {extra[key]!r})' if key == 'model' else ''
                 raise UserError(f'{checkpoint}: was trained with another {what}{shown}; resume with the same '
                                 f'arguments and recipe')
+        trained_on, now = state.get('vote_set') or {}, extra['vote_set']['manifest_sha256']
+        if trained_on.get('manifest_sha256') != now:
+            raise UserError(f"{checkpoint}: was trained on the vote set {trained_on.get('folder', '(not recorded)')} "
+                            f"(manifest.csv sha256 {str(trained_on.get('manifest_sha256'))[:12]}), not on "
+                            f"{args.data} ({now[:12]}); resume it with the vote set it was trained on")
     else:
         if out.is_dir() and (out / CHECKPOINT).exists():
             raise UserError(f'{out}: holds a run of train-votes ({CHECKPOINT}); continue it with --resume, or choose '
@@ -183,13 +198,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         if out.is_dir() and any(out.iterdir()):
             raise UserError(f'{out}: folder is not empty; choose a new or empty folder for the run')
         check_output_location(out)  # new or empty, and writable: a run folder is never replaced
-    splits = info.get('splits') or {}
-    train_set = VotesDataset(args.data, recipe.get('train_split', 'train'), tree)
-    val_split = recipe.get('val_split', 'validation')
-    val_set = None if splits and val_split not in splits else VotesDataset(args.data, val_split, tree)
     if train.batch_size > len(train_set):
         raise UserError(f'batch_size {train.batch_size} is more than the {len(train_set)} training galaxies: no '
                         f'batch would be complete; lower --batch-size')
+    for dataset in (train_set, val_set) if val_set is not None else (train_set,):
+        dataset.check_images()
     if val_set is not None:
         val_set.transform = create_transform(**data_config, is_training=False)
     total = train.epochs

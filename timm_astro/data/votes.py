@@ -4,12 +4,17 @@ A vote set is an import folder whose ``dataset.json`` says ``"kind": "votes"`` a
 (``"tree": "gz2"``), and whose ``manifest.csv`` has one row per galaxy: ``file`` (relative to the folder), ``split``
 (train / validation / test) and one whole-number column of votes per answer, named as the tree's ``column``s.
 ``VotesDataset`` yields ``(image, counts)``, counts a float tensor in the tree's answer order; every count is
-checked when the dataset is opened, so a bad row is named before any training starts.
+checked when the dataset is opened, so a bad row is named before any training starts. Images are read by the rules
+of ``timm_astro.data.images`` (``read_image``, or the model's ``ImageReader``), as evaluate and predict read them:
+16-bit pixels scaled by their depth, only regular files opened; ``check_images`` reads them all once, so that an
+unreadable one is named before training rather than in the middle of it. ``manifest_sha256`` identifies a vote
+set's content (its galaxies, splits and votes) for a resumed run.
 
 Class tools (evaluate, predict on labels) call ``is_vote_set`` to refuse such a folder with a message rather than
 reading its ``label`` column as if it were the task.
 """
 import csv
+import hashlib
 import json
 import os
 import re
@@ -18,13 +23,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
 
 from timm_astro.data.decision_tree import DecisionTree, load_tree
+from timm_astro.data.images import ImageReader, UnreadableImage, read_image
 from timm_astro.data.splits import SPLITS
 from timm_astro.errors import UserError
 
-__all__ = ['VOTES_KIND', 'is_vote_set', 'read_vote_set_info', 'VotesDataset']
+__all__ = ['VOTES_KIND', 'is_vote_set', 'read_vote_set_info', 'manifest_sha256', 'VotesDataset']
 
 PathLike = Union[str, os.PathLike]
 VOTES_KIND = 'votes'
@@ -64,6 +69,12 @@ def read_vote_set_info(folder: PathLike) -> Dict[str, Any]:
     return info
 
 
+def manifest_sha256(folder: PathLike) -> str:
+    """The sha256 of a vote set's manifest.csv: which galaxies, splits and vote counts it holds, wherever it lies."""
+    with open(Path(folder) / 'manifest.csv', 'rb') as f:
+        return hashlib.file_digest(f, 'sha256').hexdigest()
+
+
 class VotesDataset(torch.utils.data.Dataset):
     """``(image, counts)`` for the galaxies of one split of a vote set; ``counts`` is a float32 tensor
     ``[n_answers]`` in the tree's answer order.
@@ -72,11 +83,13 @@ class VotesDataset(torch.utils.data.Dataset):
         folder: The vote set.
         split: ``'train'``, ``'validation'`` or ``'test'``.
         tree: A DecisionTree, a shipped tree's name or a JSON file; by default the one its dataset.json names.
-        transform: Applied to the RGB PIL image (timm's ``create_loader`` sets it for training).
+        transform: Applied to the image read (timm's ``create_loader`` sets it for training).
+        reader: How a file becomes the image (``timm_astro.data.images.reader_for_model``); by default
+            ``read_image``'s 8-bit RGB.
     """
 
     def __init__(self, folder: PathLike, split: str, tree: Union[DecisionTree, str, os.PathLike, None] = None,
-                 transform: Optional[Callable] = None):
+                 transform: Optional[Callable] = None, reader: Optional[ImageReader] = None):
         self.root = Path(folder)
         self.info = read_vote_set_info(self.root)
         if split not in SPLITS:
@@ -87,7 +100,7 @@ class VotesDataset(torch.utils.data.Dataset):
                                 f'name or a JSON file)')
             tree = self.info['tree']
         self.tree = load_tree(tree)
-        self.split, self.transform = split, transform
+        self.split, self.transform, self.reader = split, transform, reader
         self.files, self.counts = self._read_manifest()
 
     def _read_manifest(self) -> Tuple[List[str], np.ndarray]:
@@ -136,13 +149,25 @@ class VotesDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Tuple[Any, torch.Tensor]:
+    def _read(self, index: int) -> Any:
         path = self.root / self.files[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert('RGB')
-        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
-            raise UserError(f'{path}: not a readable image ({e})') from None
+        return self.reader(path) if self.reader is not None else read_image(path)
+
+    def check_images(self) -> None:
+        """Read every image once; the first that cannot be read is refused in one line, with how many cannot.
+        A training batch has no room for a missing image, and the vote set's import read them all."""
+        unreadable = []
+        for index in range(len(self.files)):
+            try:
+                self._read(index)
+            except UnreadableImage as e:
+                unreadable.append(e)
+        if unreadable:
+            raise UserError(f'{unreadable[0]}; {len(unreadable)} of the {len(self.files)} {self.split} images cannot '
+                            f'be read, and training needs every one: import the vote set again')
+
+    def __getitem__(self, index: int) -> Tuple[Any, torch.Tensor]:
+        image = self._read(index)  # UnreadableImage, one line naming the file
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.from_numpy(self.counts[index].astype(np.float32))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from timm_astro.data.decision_tree import DecisionTree
+from timm_astro.data.stretch import Stretch
 from timm_astro.errors import UserError
 
 __all__ = ['AGREEMENT_THRESHOLD', 'expected_fractions', 'fraction_std', 'observed_fractions', 'vote_metrics',
@@ -291,24 +292,31 @@ def evaluate_votes(
         device: Union[str, torch.device] = 'cpu',
         progress: bool = True,
         min_votes: int = 1,
+        stretch: Union[None, str, Stretch] = None,
+        hdu: Union[None, int, str] = None,
+        bands: Optional[Sequence[Union[int, str]]] = None,
 ) -> VoteEvaluation:
     """Score a votes model on ``split`` of the vote set ``data`` (``check_task`` first): ``vote_metrics`` of its
     expected fractions, and ``nll``, the mean Dirichlet-multinomial loss per galaxy (what train-votes validates on).
 
-    Images are read as class evaluate reads them (``timm_astro.data.images``, timm's eval transform with the
-    model's data config, which ``data_config`` overrides); an unreadable one is left out, listed and warned about.
+    Images are read as class evaluate reads them: ``reader_for_model(model, stretch, hdu, bands)``, timm's eval
+    transform with the model's data config (which ``data_config`` overrides) for its band count; an unreadable one is
+    left out, listed and warned about, and data of another band count than the model's are refused.
     """
     from timm.data import create_loader, resolve_model_data_config
     from tqdm import tqdm
 
-    from timm_astro.data.images import ImageFiles, collate_readable
+    from timm_astro.data.images import ImageFiles, band_data_config, collate_readable, reader_for_model
     from timm_astro.data.votes import VotesDataset
     from timm_astro.losses import mean_galaxy_nll, to_concentrations
     tree = model_tree(model)
     votes = VotesDataset(data, split, tree)  # the counts in the model's answer order, every row checked
+    reader = reader_for_model(model, stretch, hdu, bands)
+    files = ImageFiles([(str(votes.root / name), i) for i, name in enumerate(votes.files)], reader=reader)
+    reader.check(path for path, _ in files.samples)  # data that do not fit the model: one line, now
     config = resolve_model_data_config(model)
     config.update(data_config or {})
-    files = ImageFiles([(str(votes.root / name), i) for i, name in enumerate(votes.files)])  # target: the row
+    config = band_data_config(config, reader.in_chans)
     loader = create_loader(
         files, input_size=config['input_size'], batch_size=batch_size, is_training=False,
         interpolation=config['interpolation'], mean=config['mean'], std=config['std'], crop_pct=config['crop_pct'],
