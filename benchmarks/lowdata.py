@@ -576,8 +576,9 @@ def render_plots(report: Dict[str, Any], base: Path) -> List[Path]:
                 ax.grid(True, alpha=.3)
                 ax.tick_params(labelsize=7)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.suptitle(f"{s['data_name']}: one line per seed, the chosen lr", fontsize=9, y=0.995)
-    fig.legend(handles, labels, fontsize=7, loc='upper center', bbox_to_anchor=(0.5, 0.975),
+    title = textwrap.wrap(f"{s['data_name']}: one line per seed, the chosen lr", int(55 * len(shots)))
+    fig.suptitle('\n'.join(title), fontsize=9, y=0.995)
+    fig.legend(handles, labels, fontsize=7, loc='upper center', bbox_to_anchor=(0.5, 0.99 - 0.028 * len(title)),
                ncol=min(4, max(1, len(labels))))
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     paths = [base.with_name(f'{base.name}_curves.png')]
