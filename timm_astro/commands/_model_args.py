@@ -2,7 +2,7 @@
 import argparse
 import math
 import sys
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 from timm_astro.commands import positive_int
 from timm_astro.errors import UserError
@@ -14,37 +14,30 @@ __all__ = ['add_model_arguments', 'add_data_config_arguments', 'data_config_over
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'box', 'hamming', 'lanczos')
 
 
-def crop_fraction(value: str) -> float:
-    """argparse type: a center-crop fraction in (0, 1]; timm would run 0 as its default 0.875 and divide by it."""
+def _number(value: str, ok: Callable[[float], bool], expected: str) -> float:
+    """``value`` as a float, or argparse's one-line error saying what was ``expected`` (NaN and words fail ``ok``)."""
     try:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not 0 < number <= 1:
-        raise argparse.ArgumentTypeError(f'expected a fraction in (0, 1] (1: no crop), got {value!r}')
+    if not ok(number):
+        raise argparse.ArgumentTypeError(f'expected {expected}, got {value!r}')
     return number
+
+
+def crop_fraction(value: str) -> float:
+    """argparse type: a center-crop fraction in (0, 1]; timm would run 0 as its default 0.875 and divide by it."""
+    return _number(value, lambda x: 0 < x <= 1, 'a fraction in (0, 1] (1: no crop)')
 
 
 def positive_float(value: str) -> float:
     """argparse type: a finite number above 0 (a standard deviation that images are divided by)."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise argparse.ArgumentTypeError(f'expected a finite number above 0, got {value!r}')
-    return number
+    return _number(value, lambda x: math.isfinite(x) and x > 0, 'a finite number above 0')
 
 
 def finite_float(value: str) -> float:
     """argparse type: a finite number (a mean that is subtracted)."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f'expected a finite number, got {value!r}')
-    return number
+    return _number(value, math.isfinite, 'a finite number')
 
 
 def torch_device(value: str) -> str:
