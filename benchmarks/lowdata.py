@@ -29,7 +29,10 @@ predictions, so the report's paired bootstrap intervals (``timm_astro.evaluation
 the JSON alone.
 
 Models are ``NAME@SIZE`` (input size in px) with optional model arguments, ``NAME[key=value,...]@SIZE``, e.g.
-``astroformer_small[rel_pos_type=table]@32``. Every model gets the same normalisation (nothing is pretrained).
+``astroformer_small[rel_pos_type=table]@32``. Every model gets the same normalisation. A model fine-tunes from a
+pretraining with ``NAME[pretrained_path=FOLDER/FILE]@SIZE`` (relative to ``--pretrained-dir``): its weights load as
+train.py's ``--pretrained-path`` loads them (a new head), the folder names the pretraining, the report compares each
+model with peers of the same pretraining and each pretrained model with the same model from scratch (when both ran).
 
 Runs go side by side in ``--jobs`` single-threaded processes (one per core by default). Writes
 ``<out-dir>/<name>.json`` (every run), ``<name>.md`` (the tables and intervals), ``<name>_curves.png``
@@ -208,8 +211,44 @@ def score(model: torch.nn.Module, data: LabelledData, data_config: Dict[str, Any
     return out
 
 
-def build_model(spec: str, num_classes: int, recipe: Dict[str, Any], seed: int) -> Tuple[torch.nn.Module, int]:
+def pretraining_of(spec: str) -> str:
+    """The pretraining a model spec starts from: the folder of its ``pretrained_path`` ('' from scratch). The
+    weights of one pretraining (one per model) share a folder, so 'the same pretraining' is the same folder."""
+    path = parse_model(spec)[1].get('pretrained_path')
+    return '' if path is None else (Path(str(path)).parent.name or Path(str(path)).name)
+
+
+def scratch_spec(spec: str) -> str:
+    """The same model spec without its pretrained weights (what a pretrained model is compared with)."""
+    name, kwargs, size = parse_model(spec)
+    rest = ','.join(f'{k}={v}' for k, v in kwargs.items() if k != 'pretrained_path')
+    return f'{name}[{rest}]@{size}' if rest else f'{name}@{size}'
+
+
+def pretrained_file(spec: str, pretrained_dir: Optional[Path]) -> Optional[Path]:
+    """The weights file a spec's ``pretrained_path`` names, relative to ``--pretrained-dir`` (so that reports name
+    no machine's folders); refused, with the path it looked at, when it is not a file."""
+    path = parse_model(spec)[1].get('pretrained_path')
+    if path is None:
+        return None
+    full = Path(pretrained_dir or '.') / str(path)
+    if not full.is_file():
+        raise SystemExit(f'--models {spec}: pretrained_path {path} is not a file under --pretrained-dir '
+                         f'({full}); expected the weights of a pretraining (train.py\'s model_best.pth.tar, an '
+                         f'exported model.safetensors)')
+    return full
+
+
+def build_model(spec: str, num_classes: int, recipe: Dict[str, Any], seed: int,
+                pretrained_dir: Optional[Path] = None, load_pretrained: bool = True) -> Tuple[torch.nn.Module, int]:
+    """The spec's model with a fresh head of ``num_classes`` initialised from ``seed``; with ``pretrained_path``,
+    the rest comes from those weights exactly as train.py's ``--pretrained-path`` loads them (timm's
+    ``load_pretrained`` with ``num_classes=-1``: every weight but the classifier's)."""
     name, model_kwargs, size = parse_model(spec)
+    model_kwargs.pop('pretrained_path', None)
+    weights = pretrained_file(spec, pretrained_dir) if load_pretrained else None
+    if weights is not None:
+        model_kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights), num_classes=-1))
     torch.manual_seed(seed)
     model = create_benchmark_model(name, num_classes=num_classes, img_size=size,
                                    drop_path_rate=recipe.get('drop_path') or 0.0, **model_kwargs)
@@ -243,7 +282,7 @@ def train_run(key: Key, recipe: Dict[str, Any], regime: Dict[str, Any], data_roo
     dataset.reader.samples = [dataset.reader.samples[i] for i in
                               few_shot_indices(by_class, None if shots == 'all' else int(shots), seed)]
     num_classes = len(by_class)
-    model, size = build_model(spec, num_classes, recipe, seed)
+    model, size = build_model(spec, num_classes, recipe, seed, args.pretrained_dir)
     data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
     targs = train_args({**recipe, 'lr': lr, 'seed': seed, 'sched_on_updates': True})
     steps_per_epoch = max(1, len(dataset) // targs.batch_size)  # train_classifier refuses 0 with a clear message
@@ -297,7 +336,7 @@ def test_run(key: Key, recipe: Dict[str, Any], num_classes: int, data_root: Path
     """Score a chosen run's saved weights on the test split (plain and D4, per image), then delete them."""
     torch.set_num_threads(args.threads or torch.get_num_threads())
     spec = key[2]
-    model, size = build_model(spec, num_classes, recipe, key[4])
+    model, size = build_model(spec, num_classes, recipe, key[4], load_pretrained=False)
     model.load_state_dict(torch.load(weights, map_location='cpu'))
     data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
     out = score(model.eval(), eval_data(data_root, 'test'), data_config, args, 'test')
@@ -420,8 +459,10 @@ def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
             val = {m: statistics.mean(r[f'validation_top1{mode}'] for r in runs.values())
                    for m, runs in models.items()}
             for model, runs in models.items():
-                others = [m for m in models if _is_astroformer(m) != _is_astroformer(model)] or \
-                         [m for m in models if m != model]
+                # the other side with the same pretraining (or none): a fair peer has what the model had
+                others = [m for m in models if _is_astroformer(m) != _is_astroformer(model)
+                          and pretraining_of(m) == pretraining_of(model)] or \
+                         [m for m in models if m != model and pretraining_of(m) == pretraining_of(model)]
                 if not others:
                     continue
                 reference = max(others, key=lambda m: val[m])
@@ -432,6 +473,18 @@ def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
                 a = correct_matrix([runs[s][f'test_pred{mode}'] for s in seeds], labels['test'])
                 b = correct_matrix([models[reference][s][f'test_pred{mode}'] for s in seeds], labels['test'])
                 out.append({**where, 'kind': 'versus', 'model': model, 'reference': reference,
+                            'mode': mode.strip('_') or 'plain', 'split': 'test', 'seeds': seeds,
+                            **vars(paired_bootstrap(a, b, n_boot=n_boot))})
+            for model, runs in models.items():  # what the pretraining gave: the same model from scratch
+                scratch = models.get(scratch_spec(model))
+                if not pretraining_of(model) or scratch is None:
+                    continue
+                seeds = [s for s in sorted(runs) if 'test_pred' in runs[s] and 'test_pred' in scratch.get(s, {})]
+                if not seeds:
+                    continue
+                a = correct_matrix([runs[s][f'test_pred{mode}'] for s in seeds], labels['test'])
+                b = correct_matrix([scratch[s][f'test_pred{mode}'] for s in seeds], labels['test'])
+                out.append({**where, 'kind': 'pretraining', 'model': model, 'reference': scratch_spec(model),
                             'mode': mode.strip('_') or 'plain', 'split': 'test', 'seeds': seeds,
                             **vars(paired_bootstrap(a, b, n_boot=n_boot))})
     return out
@@ -528,6 +581,15 @@ def render_markdown(report: Dict[str, Any]) -> str:
                      'test plain: difference [95%]', 'test D4: difference [95%]'], rows))
                 lines.append('D4 averaging minus plain (points, [95%]):\n')
                 lines.append(markdown_table(['model', 'validation', 'test'], d4_rows))
+                pretrained = [e['model'] for e in entries if e['shots'] == shots
+                              and (regime_id, recipe, shots, e['model'], 'plain', 'pretraining', 'test') in found]
+                if pretrained:
+                    lines.append('Pretrained minus the same model from scratch (test, points, [95%]):\n')
+                    lines.append(markdown_table(
+                        ['model', 'from scratch', 'plain', 'D4'],
+                        [[f'`{model}`', f'`{scratch_spec(model)}`']
+                         + [_interval(found[(regime_id, recipe, shots, model, mode, 'pretraining', 'test')])
+                            for mode in ('plain', 'd4')] for model in sorted(pretrained)]))
     lines.append('## Validation top-1 (plain, mean over seeds) by lr\n')
     rows = []
     for e in sorted(summary, key=lambda e: (e['regime'], e['recipe'], e['model'], shots_order.get(e['shots'], 0))):
@@ -657,6 +719,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                              "recipe's lr alone)")
     parser.add_argument('--extend-grid', type=int, default=0, metavar='N',
                         help='when the chosen lr is an end of the grid, train up to N further values past it')
+    parser.add_argument('--pretrained-dir', type=Path, default=None, metavar='DIR',
+                        help='where the pretrained_path of a model spec is found: NAME[pretrained_path=gz2/w.pth.tar]'
+                             '@SIZE fine-tunes from DIR/gz2/w.pth.tar (a new head; the folder names the pretraining)')
     parser.add_argument('--recipe', default=None, help="a train.py YAML recipe (default: the low-data galaxy one)")
     parser.add_argument('--set', dest='sets', nargs='*', default=[], metavar='KEY=VALUE', help='recipe overrides')
     parser.add_argument('--grid', nargs='*', default=[], metavar='KEY=V1|V2', help='recipe values to try (YAML)')
@@ -720,6 +785,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         train_args(recipe)  # refuse a bad recipe before the first run
     for spec in args.models:
         parse_model(spec)
+        if not args.report_only:
+            pretrained_file(spec, args.pretrained_dir)  # refuse a missing file before the first run
     regimes = regimes_from_args(args)
     splits = ['validation'] + (['test'] if 'test' in args.eval_splits else [])
     data = {split: open_labelled_data(data_root, split) for split in splits}
