@@ -57,9 +57,9 @@ ASTROFORMER_CITATION = """@article{dagli2023astroformer,
 
 # train.py arguments worth showing in a model card, in this order (the card is not the place for all ~150)
 RECIPE_KEYS = (
-    'model', 'pretrained', 'initial_checkpoint', 'dataset', 'train_split', 'val_split', 'num_classes',
+    'model', 'pretrained', 'pretrained_path', 'initial_checkpoint', 'dataset', 'train_split', 'val_split', 'num_classes',
     'input_size', 'img_size', 'epochs', 'batch_size', 'grad_accum_steps', 'opt', 'opt_eps', 'opt_betas',
-    'momentum', 'weight_decay', 'clip_grad', 'lr', 'lr_base', 'sched', 'min_lr', 'warmup_epochs', 'warmup_lr',
+    'momentum', 'weight_decay', 'layer_decay', 'clip_grad', 'lr', 'lr_base', 'sched', 'min_lr', 'warmup_epochs', 'warmup_lr',
     'cooldown_epochs', 'aa', 'hflip', 'vflip', 'scale', 'ratio', 'color_jitter', 'reprob', 'mixup', 'cutmix',
     'mixup_prob', 'smoothing', 'drop', 'drop_path', 'model_ema', 'model_ema_decay', 'amp', 'amp_dtype', 'seed',
     'model_kwargs',
@@ -125,6 +125,51 @@ def _dataset_name(args: Mapping[str, Any]) -> Optional[str]:
     """train.py's ``dataset`` without timm's reader prefix (``torch/``, ``hfds/``, ...)."""
     name = args.get('dataset')
     return (re.sub(r'^(?:torch|tfds|hfds|hfids|wds)/', '', name) or None) if isinstance(name, str) else None
+
+
+def _imported_data(args: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The dataset.json of the run's image folder when ``timm-astro import`` wrote it (and it is still there)."""
+    data_dir = args.get('data_dir') or args.get('data')
+    if not isinstance(data_dir, str) or not data_dir:
+        return None
+    try:
+        info = json.loads((Path(data_dir) / 'dataset.json').read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get('created_by') == 'timm-astro import' else None
+
+
+def training_data(args: Mapping[str, Any]) -> Optional[str]:
+    """What a train.py run trained on, for the model card: timm's dataset name, or for a folder that
+    ``timm-astro import`` wrote, its source, the split trained on and its size (a pretraining's card must say
+    which galaxies its weights have seen, so that nobody tests on them)."""
+    named = _dataset_name(args)
+    info = _imported_data(args)
+    if named or info is None:
+        return named
+    split = args.get('train_split') or 'train'
+    counts = info.get('splits') or {}
+    text = f"{info.get('title') or info.get('source')}: its `{split}` split"
+    if isinstance(counts.get(split), int):
+        text += f' ({counts[split]:,} images' + (
+            f", {info['num_classes']} classes" if isinstance(info.get('num_classes'), int) else '') + ')'
+    held = [f'`{k}` ({v:,})' for k, v in counts.items() if k != split and isinstance(v, int)]
+    if held:
+        text += '; ' + ' and '.join(held) + ' not trained on'
+    if 'seed' in info:
+        text += f" (`timm-astro import {info.get('source')}` split seed {info['seed']})"
+    return text
+
+
+def _imported_label_names(args: Mapping[str, Any]) -> Optional[List[str]]:
+    """The class names of an imported folder, in label order (what train.py's ImageFolder indices mean)."""
+    info = _imported_data(args)
+    classes = info.get('classes') if info else None
+    if not isinstance(classes, list) or not all(isinstance(c, dict) and 'name' in c for c in classes):
+        return None
+    if args.get('num_classes') not in (None, len(classes)):
+        return None  # a run that set its own number of classes: the folder's names may not be its classes
+    return [str(c['name']) for c in sorted(classes, key=lambda c: c.get('label', 0))]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -404,8 +449,12 @@ def export_checkpoint(
         args_yaml: Optional[PathLike] = None,
         overwrite: bool = False,
         allow_nan: bool = False,
+        dataset: Optional[str] = None,
 ) -> Path:
     """Export a train.py checkpoint (or a plain state dict) with ``export_model``.
+
+    ``dataset``: what the model was trained on, for the card; by default timm's dataset name from the run's args,
+    or, for a folder ``timm-astro import`` wrote, its source and the split trained on (``training_data``).
 
     The model is rebuilt as train.py built it (``timm_astro.loading.model_from_checkpoint``): the architecture is
     ``model_name``, else the run's ``model`` argument, else the checkpoint's ``arch``. ``args.yaml`` and
@@ -420,11 +469,11 @@ def export_checkpoint(
     return export_model(
         model,
         out_dir,
-        label_names=ckpt.args.get('label_names'),
+        label_names=ckpt.args.get('label_names') or _imported_label_names(ckpt.args),
         data_config=resolve_model_data_config(model) if ckpt.args else None,
         metrics=metrics,
         train_args=ckpt.args or None,
-        dataset=_dataset_name(ckpt.args),
+        dataset=dataset or training_data(ckpt.args),
         overwrite=overwrite,
         weights_note=None if ckpt.weights == 'state dict' else f'{ckpt.weights} from the train.py checkpoint',
     )
