@@ -136,3 +136,19 @@ def test_lowdata_fine_tunes_from_a_pretrained_path_relative_to_its_folder(tmp_pa
     assert not torch.equal(scratch.state_dict()['stem.conv1.conv.weight'], state['stem.conv1.conv.weight'])
     with pytest.raises(SystemExit, match=r'pretrained_path gz2/missing.pt is not a file under --pretrained-dir'):
         lowdata.build_model('resnet18[pretrained_path=gz2/missing.pt]@32', 10, recipe, 0, tmp_path)
+
+
+def test_paper_family_pretrained_as_train_py_builds_it_loads_at_another_size(tmp_path):
+    """train.py never passes img_size, so an astroformer_0 it pretrains has S4 bias tables for 224 px; a model
+    built for 64 px (benchmarks/lowdata.py, timm-astro's loaders) gets them resized by the model's checkpoint
+    filter, and the rest unchanged."""
+    torch.manual_seed(1)
+    state = timm.create_model('astroformer_0', num_classes=6).state_dict()
+    torch.save({'state_dict': state}, tmp_path / 'model_best.pth.tar')
+    model = _finetuned('astroformer_0', dict(img_size=64), tmp_path / 'model_best.pth.tar')
+    loaded = model.state_dict()
+    table = 'stages.3.blocks.0.attn.rel_pos.relative_position_bias_table'
+    assert state[table].shape[0] == 13 * 13 and loaded[table].shape[0] == 3 * 3
+    others = [k for k in state if 'relative_position' not in k and not k.startswith('head.fc.')]
+    assert all(torch.equal(loaded[k], state[k]) for k in others)
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
