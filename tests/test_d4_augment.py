@@ -85,3 +85,37 @@ def test_project_trainer_uses_it(d4, tmp_path):
     loader = create_loader(ImageDataset(str(tmp_path)), input_size=(3, 16, 16), batch_size=1, is_training=True,
                            use_prefetcher=False, num_workers=0)
     assert 'RandomD4' in [type(t).__name__ for t in loader.dataset.transform.transforms]
+
+
+@pytest.mark.parametrize('modules,expected', [(['timm_astro', 'timm_astro.data.d4_augment'], True),
+                                              (['timm_astro'], False), (None, False)])
+def test_a_recipes_device_modules_turn_it_on_for_the_in_process_trainer(d4, tmp_path, monkeypatch, modules,
+                                                                         expected):
+    """timm_astro.training honours a recipe's device_modules as train.py does: with d4_augment listed its loader
+    has RandomD4, without it not (even after an earlier run installed it), and the install state is restored."""
+    import timm.data
+    from timm.data.dataset import ImageDataset
+    from timm_astro.training import train_args, train_classifier
+    folder = tmp_path / 'c0'
+    folder.mkdir()
+    for i in range(2):
+        _square_image(20).save(folder / f'{i}.png')
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def create_loader(*args, **kwargs):
+        loader = original(*args, **kwargs)
+        built.append([type(t).__name__ for t in loader.dataset.transform.transforms])
+        raise Built  # the loader is what this test is about: no need to train
+
+    original = timm.data.create_loader
+    monkeypatch.setattr(timm.data, 'create_loader', create_loader)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 1))
+    with pytest.raises(Built):
+        train_classifier(model, ImageDataset(str(tmp_path)), train_args({'device_modules': modules, 'batch_size': 1}),
+                         data_config={'input_size': (3, 16, 16), 'mean': (0.5,) * 3, 'std': (0.5,) * 3},
+                         num_classes=1)
+    assert ('RandomD4' in built[0]) == expected
+    assert d4.is_installed()  # the fixture installed it before; restored after the run

@@ -17,6 +17,7 @@ Per-epoch validation is the caller's (``on_epoch_end``). The demo, the benchmark
 train.py remains the tool for real classification runs.
 """
 import argparse
+import importlib
 import math
 import os
 import random
@@ -47,12 +48,14 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     'mixup_mode': 'batch', 'smoothing': 0.1, 'drop': 0.0, 'drop_path': None,
     'model_ema': False, 'model_ema_decay': 0.9998, 'model_ema_warmup': False,
     'seed': 42,
+    # imported as train.py imports them; timm_astro.data.d4_augment among them turns D4 training views on
+    'device_modules': None,
 }
 
 # Recipe keys that choose the model, the data or the run rather than the optimisation: accepted and ignored here
 # (the caller builds the model and the dataset).
 IGNORED_KEYS = {
-    'device_modules', 'model', 'num_classes', 'label_names', 'img_size', 'input_size', 'in_chans', 'train_split',
+    'model', 'num_classes', 'label_names', 'img_size', 'input_size', 'in_chans', 'train_split',
     'val_split', 'data_dir', 'dataset', 'dataset_download', 'amp', 'amp_dtype', 'workers', 'output', 'experiment',
     'log_interval', 'checkpoint_hist', 'eval_metric', 'pin_mem', 'crop_pct', 'mean', 'std', 'interpolation',
     'grad_accum_steps', 'drop_block', 'pretrained', 'channels_last', 'torchcompile', 'grad_checkpointing',
@@ -248,12 +251,17 @@ def train_classifier(
 
     random_seed(args.seed)
     model.to(device)
-    loader = create_loader(
-        dataset, input_size=tuple(data_config['input_size']), batch_size=args.batch_size, is_training=True,
-        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale,
-        ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-        auto_augment=args.aa, interpolation=args.train_interpolation, mean=data_config['mean'],
-        std=data_config['std'], num_workers=workers, use_prefetcher=False, device=device)
+    modules = list(args.device_modules or [])
+    for module in modules:  # as train.py does, right after its arguments
+        importlib.import_module(module)
+    from timm_astro.data import d4_augment
+    with d4_augment.installed(d4_augment.__name__ in modules):  # this recipe's, whatever an earlier run imported
+        loader = create_loader(
+            dataset, input_size=tuple(data_config['input_size']), batch_size=args.batch_size, is_training=True,
+            no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale,
+            ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
+            auto_augment=args.aa, interpolation=args.train_interpolation, mean=data_config['mean'],
+            std=data_config['std'], num_workers=workers, use_prefetcher=False, device=device)
     updates_per_epoch = len(loader)
     if updates_per_epoch == 0:
         raise UserError(f'{len(dataset)} training images make no batch of {args.batch_size} (the last, incomplete '
