@@ -487,6 +487,18 @@ def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
                 out.append({**where, 'kind': 'pretraining', 'model': model, 'reference': scratch_spec(model),
                             'mode': mode.strip('_') or 'plain', 'split': 'test', 'seeds': seeds,
                             **vars(paired_bootstrap(a, b, n_boot=n_boot))})
+    first = next(iter(report['recipes']))
+    for (regime, recipe, model, shots), runs in chosen.items():  # what a recipe changed: the first recipe's runs
+        reference = chosen.get((regime, first, model, shots))
+        if recipe == first or reference is None:
+            continue
+        seeds = [s for s in sorted(runs) if 'test_pred' in runs[s] and 'test_pred' in reference.get(s, {})]
+        for mode in ('', '_d4') if seeds else ():
+            a = correct_matrix([runs[s][f'test_pred{mode}'] for s in seeds], labels['test'])
+            b = correct_matrix([reference[s][f'test_pred{mode}'] for s in seeds], labels['test'])
+            out.append({'regime': regime, 'recipe': recipe, 'shots': shots, 'kind': 'recipe', 'model': model,
+                        'reference': first, 'mode': mode.strip('_') or 'plain', 'split': 'test', 'seeds': seeds,
+                        **vars(paired_bootstrap(a, b, n_boot=n_boot))})
     return out
 
 
@@ -583,6 +595,17 @@ def render_markdown(report: Dict[str, Any]) -> str:
                 lines.append(markdown_table(['model', 'validation', 'test'], d4_rows))
                 pretrained = [e['model'] for e in entries if e['shots'] == shots
                               and (regime_id, recipe, shots, e['model'], 'plain', 'pretraining', 'test') in found]
+                if recipe != next(iter(report['recipes'])):
+                    changed = [e['model'] for e in entries if e['shots'] == shots
+                               and (regime_id, recipe, shots, e['model'], 'plain', 'recipe', 'test') in found]
+                    if changed:
+                        lines.append(f"Recipe `{recipe}` minus recipe `{next(iter(report['recipes']))}`, the same "
+                                     f"model (test, points, [95%]):\n")
+                        lines.append(markdown_table(
+                            ['model', 'plain', 'D4'],
+                            [[f'`{model}`'] + [_interval(found[(regime_id, recipe, shots, model, mode, 'recipe',
+                                                                'test')]) for mode in ('plain', 'd4')]
+                             for model in sorted(changed)]))
                 if pretrained:
                     lines.append('Pretrained minus the same model from scratch (test, points, [95%]):\n')
                     lines.append(markdown_table(

@@ -247,6 +247,26 @@ def test_lr_search_on_validation_in_two_parts_merged(three_splits, tmp_path, mon
     assert not any(c['split'] == 'test' for c in merged['comparisons'])
 
 
+def test_a_recipe_run_apart_is_compared_with_the_first_recipe_model_by_model(three_splits, tmp_path, monkeypatch):
+    """D4 training views as a recipe (device_modules), run as a second part and merged with the first: each model
+    under it is compared with the same model under the first recipe, paired on test, plain and D4."""
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
+    common = ['--models', 'resnet18@16', '--shots', '2', '--seeds', '0', '1', '--steps', '2', '--no-plot',
+              '--jobs', '1']
+    _study(three_splits, tmp_path, *common, '--name', 'flips')
+    _study(three_splits, tmp_path, *common, '--name', 'd4', '--grid',
+           'device_modules=[timm_astro, timm_astro.data.d4_augment]')
+    merged = _study(three_splits, tmp_path, '--name', 'both', '--report-only', '--no-plot',
+                    '--merge', str(tmp_path / 'flips.json'), str(tmp_path / 'd4.json'))
+    recipe = "device_modules=['timm_astro', 'timm_astro.data.d4_augment']"
+    assert list(merged['recipes']) == ['base', recipe]
+    found = [c for c in merged['comparisons'] if c['kind'] == 'recipe']
+    assert {(c['recipe'], c['reference'], c['mode'], c['model']) for c in found} == {
+        (recipe, 'base', 'plain', 'resnet18@16'), (recipe, 'base', 'd4', 'resnet18@16')}
+    assert all(c['seeds'] == [0, 1] for c in found)
+    assert f"Recipe `{recipe}` minus recipe `base`" in (tmp_path / 'both.md').read_text()
+
+
 def test_fine_tuning_from_a_pretraining_is_compared_with_scratch_and_with_peers_of_the_same_pretraining(
         three_splits, tmp_path, monkeypatch):
     """Models fine-tuned from a pretraining folder: each is compared with the same model from scratch, and with the
