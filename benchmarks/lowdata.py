@@ -431,11 +431,26 @@ def _is_astroformer(spec: str) -> bool:
     return spec.startswith('astroformer')
 
 
+def _versus_on_test(runs: Dict[int, Dict[str, Any]], other: Dict[int, Dict[str, Any]], labels: List[int],
+                    n_boot: int, modes: Sequence[str] = ('', '_d4'), **what: Any) -> List[Dict[str, Any]]:
+    """``runs`` minus ``other`` (both {seed: run}) on test, paired over the seeds both have scored and the test
+    images, for each of ``modes`` ('' plain, '_d4' D4-averaged; none when no seed has both)."""
+    seeds = [s for s in sorted(runs) if 'test_pred' in runs[s] and 'test_pred' in other.get(s, {})]
+    out = []
+    for mode in modes if seeds else ():
+        a = correct_matrix([runs[s][f'test_pred{mode}'] for s in seeds], labels)
+        b = correct_matrix([other[s][f'test_pred{mode}'] for s in seeds], labels)
+        out.append({**what, 'mode': mode.strip('_') or 'plain', 'split': 'test', 'seeds': seeds,
+                    **vars(paired_bootstrap(a, b, n_boot=n_boot))})
+    return out
+
+
 def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
-    """Every difference the report states, each with its paired bootstrap 95% interval over test images and seeds:
-    each model against the best of the other side (best peer for an Astroformer, best Astroformer for a peer;
-    'best' on mean validation top-1 in the same mode), plain and D4 apart; and D4 minus plain per model, on
-    validation and on test."""
+    """Every difference the report states, each with its paired bootstrap 95% interval over test images and seeds,
+    plain and D4 apart: each model against the best of the other side with the same pretraining (best peer for an
+    Astroformer, best Astroformer for a peer; 'best' on mean validation top-1 in the same mode); a pretrained model
+    against itself from scratch; a model under a later recipe against the first recipe; and D4 minus plain per
+    model, on validation and on test."""
     labels = report['settings']['labels']
     chosen: Dict[Cell, Dict[int, Dict[str, Any]]] = {}
     for e in report['summary']:
@@ -455,50 +470,25 @@ def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
                 plain = correct_matrix([runs[s][f'{split}_pred'] for s in seeds], labels[split])
                 out.append({**where, 'kind': 'd4_effect', 'model': model, 'split': split, 'seeds': seeds,
                             **vars(paired_bootstrap(d4, plain, n_boot=n_boot))})
-        for mode in ('', '_d4'):
-            val = {m: statistics.mean(r[f'validation_top1{mode}'] for r in runs.values())
-                   for m, runs in models.items()}
-            for model, runs in models.items():
-                # the other side with the same pretraining (or none): a fair peer has what the model had
-                others = [m for m in models if _is_astroformer(m) != _is_astroformer(model)
-                          and pretraining_of(m) == pretraining_of(model)] or \
-                         [m for m in models if m != model and pretraining_of(m) == pretraining_of(model)]
-                if not others:
-                    continue
+        for model, runs in models.items():
+            # the other side with the same pretraining (or none): a fair peer has what the model had
+            others = [m for m in models if _is_astroformer(m) != _is_astroformer(model)
+                      and pretraining_of(m) == pretraining_of(model)] or \
+                     [m for m in models if m != model and pretraining_of(m) == pretraining_of(model)]
+            for mode in ('', '_d4') if others else ():
+                val = {m: statistics.mean(r[f'validation_top1{mode}'] for r in models[m].values()) for m in others}
                 reference = max(others, key=lambda m: val[m])
-                seeds = [s for s in sorted(runs) if 'test_pred' in runs[s] and 'test_pred' in
-                         models[reference].get(s, {})]
-                if not seeds:
-                    continue
-                a = correct_matrix([runs[s][f'test_pred{mode}'] for s in seeds], labels['test'])
-                b = correct_matrix([models[reference][s][f'test_pred{mode}'] for s in seeds], labels['test'])
-                out.append({**where, 'kind': 'versus', 'model': model, 'reference': reference,
-                            'mode': mode.strip('_') or 'plain', 'split': 'test', 'seeds': seeds,
-                            **vars(paired_bootstrap(a, b, n_boot=n_boot))})
-            for model, runs in models.items():  # what the pretraining gave: the same model from scratch
-                scratch = models.get(scratch_spec(model))
-                if not pretraining_of(model) or scratch is None:
-                    continue
-                seeds = [s for s in sorted(runs) if 'test_pred' in runs[s] and 'test_pred' in scratch.get(s, {})]
-                if not seeds:
-                    continue
-                a = correct_matrix([runs[s][f'test_pred{mode}'] for s in seeds], labels['test'])
-                b = correct_matrix([scratch[s][f'test_pred{mode}'] for s in seeds], labels['test'])
-                out.append({**where, 'kind': 'pretraining', 'model': model, 'reference': scratch_spec(model),
-                            'mode': mode.strip('_') or 'plain', 'split': 'test', 'seeds': seeds,
-                            **vars(paired_bootstrap(a, b, n_boot=n_boot))})
+                out += _versus_on_test(runs, models[reference], labels['test'], n_boot, [mode], **where,
+                                       kind='versus', model=model, reference=reference)
+            if pretraining_of(model) and scratch_spec(model) in models:  # what the pretraining gave
+                out += _versus_on_test(runs, models[scratch_spec(model)], labels['test'], n_boot, **where,
+                                       kind='pretraining', model=model, reference=scratch_spec(model))
     first = next(iter(report['recipes']))
     for (regime, recipe, model, shots), runs in chosen.items():  # what a recipe changed: the first recipe's runs
-        reference = chosen.get((regime, first, model, shots))
-        if recipe == first or reference is None:
-            continue
-        seeds = [s for s in sorted(runs) if 'test_pred' in runs[s] and 'test_pred' in reference.get(s, {})]
-        for mode in ('', '_d4') if seeds else ():
-            a = correct_matrix([runs[s][f'test_pred{mode}'] for s in seeds], labels['test'])
-            b = correct_matrix([reference[s][f'test_pred{mode}'] for s in seeds], labels['test'])
-            out.append({'regime': regime, 'recipe': recipe, 'shots': shots, 'kind': 'recipe', 'model': model,
-                        'reference': first, 'mode': mode.strip('_') or 'plain', 'split': 'test', 'seeds': seeds,
-                        **vars(paired_bootstrap(a, b, n_boot=n_boot))})
+        if recipe != first and (regime, first, model, shots) in chosen:
+            out += _versus_on_test(runs, chosen[(regime, first, model, shots)], labels['test'], n_boot,
+                                   regime=regime, recipe=recipe, shots=shots, kind='recipe', model=model,
+                                   reference=first)
     return out
 
 
