@@ -211,6 +211,19 @@ def score(model: torch.nn.Module, data: LabelledData, data_config: Dict[str, Any
     return out
 
 
+def _step_cost(text: str) -> Tuple[str, float]:
+    """``MODEL=CPU_S`` (``--step-cost``): a model spec without pretrained_path and its CPU-seconds per step."""
+    spec, sep, value = text.rpartition('=')
+    try:
+        cost = float(value)
+    except ValueError:
+        cost = float('nan')
+    if not sep or not spec or not math.isfinite(cost) or cost <= 0:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected MODEL@SIZE=CPU_S, CPU-seconds per step above 0 '
+                                         f'(resnet18@64=0.674)')
+    return scratch_spec(spec), cost
+
+
 def pretraining_of(spec: str) -> str:
     """The pretraining a model spec starts from: the folder of its ``pretrained_path`` ('' from scratch). The
     weights of one pretraining (one per model) share a folder, so 'the same pretraining' is the same folder."""
@@ -289,7 +302,9 @@ def train_run(key: Key, recipe: Dict[str, Any], regime: Dict[str, Any], data_roo
     out: Dict[str, Any] = {'regime': regime_id, 'recipe': recipe_id, 'model': spec, 'shots': shots, 'seed': seed,
                            'lr': lr, 'train_images': len(dataset), 'params': sum(p.numel() for p in model.parameters())}
     if regime['kind'] == 'budget':
-        out['probe'] = probe_step_cost(model, dataset, targs, data_config, num_classes, args)
+        given = dict(args.step_cost).get(scratch_spec(spec))  # a pretrained model costs what its architecture does
+        out['probe'] = ({'cpu_s_per_step': given, 'given': True} if given is not None else
+                        probe_step_cost(model, dataset, targs, data_config, num_classes, args))
         steps = max(1, round(regime['cpu_s'] / out['probe']['cpu_s_per_step']))
     else:
         steps = regime['steps'] if regime['kind'] == 'steps' else regime['max_steps']
@@ -517,7 +532,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"{s['warmup_min_steps']}), then cosine, counted in steps; lr chosen per model, k and regime from "
         f"{'the grid ' + str(s['lr_grid']) if s['lr_grid'] else 'the recipe'} by {s['lr_rule']}; only the chosen "
         f"lr is scored on test, so its validation top-1 is optimistic (it chose the lr) and only test is unbiased. "
-        f"Test top-1 is the mean over seeds; the differences are paired bootstrap 95% "
+        + (f"Steps per run: the budget over CPU-seconds per step measured beforehand, not probed in the run ("
+           + ', '.join(f'`{m}` {c:g}' for m, c in s['step_cost'].items()) + '); a run may use more or fewer '
+           'CPU-seconds than its budget. ' if s.get('step_cost') else '')
+        + f"Test top-1 is the mean over seeds; the differences are paired bootstrap 95% "
         f"intervals over test images and seeds ({s['n_boot']} resamples; `timm_astro.evaluation.compare`), the "
         f"reference chosen on validation.\n",
         f"Machine: {m['cpu_model']} x{m['logical_cpus']} ({m['device']}), torch {m['torch']}, timm {m['timm']}. "
@@ -722,6 +740,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     regime.add_argument('--eval-every', type=int, default=20, help='--converge: validation every this many steps')
     regime.add_argument('--patience', type=int, default=5, help='--converge: evaluations without improvement')
     regime.add_argument('--max-steps', type=int, default=2000, help='--converge: the cap (the schedule spans it)')
+    regime.add_argument('--step-cost', nargs='+', default=[], type=_step_cost, metavar='MODEL=CPU_S',
+                        help='--budget-cpu-s: CPU-seconds per step of a model measured beforehand (on an idle core), '
+                             'used instead of the probe: a probe beside other jobs can be off by 2x')
     regime.add_argument('--probe-steps', type=int, default=5, help='--budget-cpu-s: steps of the cost probe')
     regime.add_argument('--curve-points', type=int, default=10,
                         help='validation evaluations along a --steps / --budget-cpu-s run (its curve)')
@@ -877,7 +898,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                          'shot_counts': shot_counts, 'seeds': seeds, 'regimes': regimes,
                          'lr_grid': args.lr_grid, 'extend_grid': args.extend_grid, 'lr_rule': LR_RULE,
                          'warmup_fraction': args.warmup_fraction, 'warmup_min_steps': args.warmup_min_steps,
-                         'probe_steps': args.probe_steps, 'curve_points': args.curve_points, 'n_boot': args.n_boot,
+                         'probe_steps': args.probe_steps, 'step_cost': dict(args.step_cost), 'curve_points': args.curve_points, 'n_boot': args.n_boot,
                          'recipe': recipes[next(iter(recipes))], 'models': args.models, 'crop_pct': args.crop_pct,
                          'jobs': args.jobs, 'labels': labels},
             'recipes': recipes, 'summary': summarize(runs, decisions()), 'runs': runs, 'parts': parts,

@@ -247,6 +247,23 @@ def test_lr_search_on_validation_in_two_parts_merged(three_splits, tmp_path, mon
     assert not any(c['split'] == 'test' for c in merged['comparisons'])
 
 
+def test_budget_from_a_step_cost_measured_beforehand(three_splits, tmp_path, monkeypatch):
+    """--step-cost: the budget regime takes a model's CPU-seconds per step as given (pretrained or not) instead of
+    probing it beside other jobs; the report says so; a malformed cost is refused."""
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
+    (tmp_path / 'pre').mkdir()
+    import torch
+    import timm
+    torch.save(timm.create_model('resnet18', num_classes=3).state_dict(), tmp_path / 'pre' / 'r.pt')
+    report = _study(three_splits, tmp_path, '--models', 'resnet18@16', 'resnet18[pretrained_path=pre/r.pt]@16',
+                    '--shots', '2', '--seeds', '0', '--budget-cpu-s', '2', '--step-cost', 'resnet18@16=0.5',
+                    '--jobs', '1', '--no-plot', '--name', 'given', '--pretrained-dir', str(tmp_path))
+    assert [(r['steps'], r['probe']) for r in report['runs']] == [(4, {'cpu_s_per_step': 0.5, 'given': True})] * 2
+    assert 'measured beforehand, not probed in the run (`resnet18@16` 0.5)' in (tmp_path / 'given.md').read_text()
+    with pytest.raises(SystemExit):
+        lowdata.parse_args(['--data-dir', 'x', '--step-cost', 'resnet18@16=fast'])
+
+
 def test_a_recipe_run_apart_is_compared_with_the_first_recipe_model_by_model(three_splits, tmp_path, monkeypatch):
     """D4 training views as a recipe (device_modules), run as a second part and merged with the first: each model
     under it is compared with the same model under the first recipe, paired on test, plain and D4."""
