@@ -493,15 +493,15 @@ def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
             for mode in ('', '_d4') if others else ():
                 val = {m: statistics.mean(r[f'validation_top1{mode}'] for r in models[m].values()) for m in others}
                 reference = max(others, key=lambda m: val[m])
-                out += _versus_on_test(runs, models[reference], labels['test'], n_boot, [mode], **where,
+                out += _versus_on_test(runs, models[reference], labels.get('test', []), n_boot, [mode], **where,
                                        kind='versus', model=model, reference=reference)
             if pretraining_of(model) and scratch_spec(model) in models:  # what the pretraining gave
-                out += _versus_on_test(runs, models[scratch_spec(model)], labels['test'], n_boot, **where,
+                out += _versus_on_test(runs, models[scratch_spec(model)], labels.get('test', []), n_boot, **where,
                                        kind='pretraining', model=model, reference=scratch_spec(model))
     first = next(iter(report['recipes']))
     for (regime, recipe, model, shots), runs in chosen.items():  # what a recipe changed: the first recipe's runs
         if recipe != first and (regime, first, model, shots) in chosen:
-            out += _versus_on_test(runs, chosen[(regime, first, model, shots)], labels['test'], n_boot,
+            out += _versus_on_test(runs, chosen[(regime, first, model, shots)], labels.get('test', []), n_boot,
                                    regime=regime, recipe=recipe, shots=shots, kind='recipe', model=model,
                                    reference=first)
     return out

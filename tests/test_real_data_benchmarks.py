@@ -232,18 +232,19 @@ def test_lr_search_on_validation_in_two_parts_merged(three_splits, tmp_path, mon
     """An lr grid run as two parts (as two machines would), merged: test is never scored nor weights kept, the
     parts' grids are one grid, and the report names the parts it merged."""
     monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
-    common = ['--models', 'resnet18@16', '--shots', '2', '--seeds', '0', '--steps', '2', '--eval-splits',
-              'validation', '--no-plot', '--jobs', '1']
+    common = ['--models', 'resnet18@16', 'astroformer_small[rel_pos_type=none]@16', '--shots', '2', '--seeds', '0',
+              '--steps', '2', '--eval-splits', 'validation', '--no-plot', '--jobs', '1']
     for lr in ('0.001', '0.01'):
         _study(three_splits, tmp_path, *common, '--lr-grid', lr, '--name', f'part_{lr}')
     assert not list((tmp_path / 'cache').rglob('*.pt'))
     merged = _study(three_splits, tmp_path, *common, '--name', 'search', '--report-only',
                     '--merge', str(tmp_path / 'part_0.001.json'), str(tmp_path / 'part_0.01.json'))
-    assert sorted(r['lr'] for r in merged['runs']) == [0.001, 0.01] and merged['settings']['lr_grid'] == [0.001, 0.01]
+    assert sorted(r['lr'] for r in merged['runs']) == [0.001, 0.001, 0.01, 0.01]
+    assert merged['settings']['lr_grid'] == [0.001, 0.01]
     assert all('test_top1' not in r and 'validation_top1_d4' in r for r in merged['runs'])
     assert [p['file'] for p in merged['parts']] == ['part_0.001.json', 'part_0.01.json']
     markdown = (tmp_path / 'search.md').read_text()
-    assert "merging `part_0.001.json` (1 runs" in markdown and '| regime | model | k |' in markdown
+    assert "merging `part_0.001.json` (2 runs" in markdown and '| regime | model | k |' in markdown
     assert not any(c['split'] == 'test' for c in merged['comparisons'])
 
 
