@@ -161,25 +161,27 @@ def test_export_cli_no_ema_and_explicit_sidecars(run, tmp_path, capsys):
 
 def test_export_of_a_run_on_an_imported_folder_says_what_it_trained_on(run, tmp_path, capsys):
     """A train.py run on a folder `timm-astro import` wrote (dataset ''): the card names the source, the split
-    trained on and its size, and what was held out; the class names come from the import; --dataset overrides."""
+    trained on and its class-labelled images, and what was held out (as text, not as a dataset id in the metadata);
+    the class names come from the import; --training-data overrides."""
     data = tmp_path / 'gz2'
     data.mkdir()
     (data / 'dataset.json').write_text(json.dumps({
         'created_by': 'timm-astro import', 'source': 'gz2-votes', 'title': 'Galaxy Zoo 2 vote counts (a copy)',
-        'num_classes': 4, 'seed': 0, 'splits': {'train': 3399, 'validation': 620, 'test': 2164},
-        'classes': [{'label': i, 'name': f'class {i}'} for i in (1, 0, 2, 3)]}))
+        'num_classes': 4, 'seed': 0, 'splits': {'train': 45, 'validation': 9, 'test': 5},  # unclassified too
+        'classes': [{'label': i, 'name': f'class {i}', 'train': 10, 'validation': 2, 'test': 1} for i in (1, 0, 2, 3)]}))
     args = {**yaml.safe_load((run.root / 'args.yaml').read_text()), 'dataset': '', 'data_dir': str(data),
             'label_names': None, 'pretrained_path': 'gz2_pretrain/model_best.pth.tar'}
     (tmp_path / 'args.yaml').write_text(yaml.safe_dump(args))
     out = export_checkpoint(run.ckpt, tmp_path / 'out', args_yaml=tmp_path / 'args.yaml')
     readme = (out / 'README.md').read_text()
-    assert ('trained on Galaxy Zoo 2 vote counts (a copy): its `train` split (3,399 images, 4 classes); '
-            '`validation` (620) and `test` (2,164) not trained on (`timm-astro import gz2-votes` split seed 0)'
+    assert ('trained on Galaxy Zoo 2 vote counts (a copy): its `train` split (40 images, 4 classes); '
+            '`validation` (8) and `test` (4) not trained on (`timm-astro import gz2-votes` split seed 0)'
             in readme), readme
+    assert '**Training data:** Galaxy Zoo 2' in readme and 'datasets:' not in readme  # not a dataset id
     assert 'pretrained_path: gz2_pretrain/model_best.pth.tar' in readme
     assert json.loads((out / 'config.json').read_text())['label_names'] == [f'class {i}' for i in range(4)]
     assert export_main([str(run.ckpt), str(tmp_path / 'named'), '--args', str(tmp_path / 'args.yaml'),
-                        '--dataset', 'my galaxies']) == 0
+                        '--training-data', 'my galaxies']) == 0
     assert 'trained on my galaxies' in (tmp_path / 'named' / 'README.md').read_text()
 
 

@@ -139,21 +139,22 @@ def _imported_data(args: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     return info if isinstance(info, dict) and info.get('created_by') == 'timm-astro import' else None
 
 
-def training_data(args: Mapping[str, Any]) -> Optional[str]:
-    """What a train.py run trained on, for the model card: timm's dataset name, or for a folder that
-    ``timm-astro import`` wrote, its source, the split trained on and its size (a pretraining's card must say
-    which galaxies its weights have seen, so that nobody tests on them)."""
-    named = _dataset_name(args)
+def describe_training_data(args: Mapping[str, Any]) -> Optional[str]:
+    """What a train.py run on a folder that ``timm-astro import`` wrote trained on, for the model card: the
+    source, the split and its class-labelled images (what train.py's ImageFolder reads), and what was held out (a
+    pretraining's card must say which galaxies its weights have seen, so that nobody tests on them)."""
     info = _imported_data(args)
-    if named or info is None:
-        return named
+    if info is None:
+        return None
     split = args.get('train_split') or 'train'
-    counts = info.get('splits') or {}
+    classes = [c for c in info.get('classes') or [] if isinstance(c, dict)]
+    counts = {k: v for k, v in (info.get('splits') or {}).items() if isinstance(v, int)}
+    if classes:  # the images in class folders; a vote set also has unclassified ones, which train.py never reads
+        counts = {k: sum(int(c.get(k) or 0) for c in classes) for k in counts}
     text = f"{info.get('title') or info.get('source')}: its `{split}` split"
-    if isinstance(counts.get(split), int):
-        text += f' ({counts[split]:,} images' + (
-            f", {info['num_classes']} classes" if isinstance(info.get('num_classes'), int) else '') + ')'
-    held = [f'`{k}` ({v:,})' for k, v in counts.items() if k != split and isinstance(v, int)]
+    if split in counts:
+        text += f' ({counts[split]:,} images' + (f', {len(classes)} classes' if classes else '') + ')'
+    held = [f'`{k}` ({v:,})' for k, v in counts.items() if k != split]
     if held:
         text += '; ' + ' and '.join(held) + ' not trained on'
     if 'seed' in info:
@@ -196,6 +197,7 @@ def _model_card(
         train_args: Optional[Mapping[str, Any]],
         dataset: Optional[str],
         ema: Optional[str],
+        training_data: Optional[str] = None,
 ) -> str:
     """README.md text via timm's ``generate_readme``: details, metrics, recipe, usage, citation. A model trained on
     Galaxy Zoo votes (``config['task'] == 'votes'``) gets a card that says what its outputs are and how to read them."""
@@ -209,7 +211,7 @@ def _model_card(
     description = (
         f'{what[0].upper() + what[1:]} image ' + ('model predicting Galaxy Zoo vote fractions' if votes_tree else
                                                    'classifier')
-        + (f' trained on {dataset}' if dataset else '')
+        + (f' trained on {dataset or training_data}' if dataset or training_data else '')
         + f', exported with timm-astro {__version__}.'
     )
     if votes_tree:
@@ -257,8 +259,10 @@ def _model_card(
         for key in ('fits_hdu', 'fits_bands'):
             if config.get(key) is not None:
                 details['Input stretch'] += f'; FITS {key[5:]}: {_fmt(config[key])}'
-    if dataset:
+    if dataset:  # a dataset id: timm's card also lists it in the metadata
         details['Dataset'] = dataset
+    if training_data:  # a description: the card's text only
+        details['Training data'] = training_data
     if is_astroformer:
         details['Papers'] = {
             'Astroformer: More Data Might not be all you need for Classification': 'https://arxiv.org/abs/2304.05350',
@@ -369,6 +373,7 @@ def export_model(
         dataset: Optional[str] = None,
         overwrite: bool = False,
         weights_note: Optional[str] = None,
+        training_data: Optional[str] = None,
         extra_config: Optional[Mapping[str, Any]] = None,
         stretch: Optional[Any] = None,
         fits_hdu: Optional[Union[int, str]] = None,
@@ -434,7 +439,7 @@ def export_model(
         if inputs:
             config.update(inputs)
             (tmp / 'config.json').write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
-        readme = _model_card(model, config, out_dir.name, metrics, train_args, dataset, weights_note)
+        readme = _model_card(model, config, out_dir.name, metrics, train_args, dataset, weights_note, training_data)
         (tmp / 'README.md').write_text(readme, encoding='utf-8')
     return out_dir
 
@@ -449,12 +454,13 @@ def export_checkpoint(
         args_yaml: Optional[PathLike] = None,
         overwrite: bool = False,
         allow_nan: bool = False,
-        dataset: Optional[str] = None,
+        training_data: Optional[str] = None,
 ) -> Path:
     """Export a train.py checkpoint (or a plain state dict) with ``export_model``.
 
-    ``dataset``: what the model was trained on, for the card; by default timm's dataset name from the run's args,
-    or, for a folder ``timm-astro import`` wrote, its source and the split trained on (``training_data``).
+    ``training_data``: what the model was trained on, in words, for the card; by default, for a folder
+    ``timm-astro import`` wrote, its source and the split trained on (``describe_training_data``). timm's dataset name from
+    the run's args goes in the card's metadata as before.
 
     The model is rebuilt as train.py built it (``timm_astro.loading.model_from_checkpoint``): the architecture is
     ``model_name``, else the run's ``model`` argument, else the checkpoint's ``arch``. ``args.yaml`` and
@@ -473,7 +479,8 @@ def export_checkpoint(
         data_config=resolve_model_data_config(model) if ckpt.args else None,
         metrics=metrics,
         train_args=ckpt.args or None,
-        dataset=dataset or training_data(ckpt.args),
+        dataset=_dataset_name(ckpt.args),
+        training_data=training_data or describe_training_data(ckpt.args),
         overwrite=overwrite,
         weights_note=None if ckpt.weights == 'state dict' else f'{ckpt.weights} from the train.py checkpoint',
     )

@@ -20,9 +20,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--summary', default=None, help="train.py's summary.csv (default: next to the checkpoint)")
     parser.add_argument('--args', dest='args_yaml', default=None, help="train.py's args.yaml (default: next to it)")
     parser.add_argument('--overwrite', action='store_true', help='replace OUT_DIR if it is an earlier export')
-    parser.add_argument('--dataset', default=None, metavar='TEXT',
-                        help="what the model was trained on, for the model card (default: the run's dataset, or the "
-                             "source and split of a `timm-astro import` folder)")
+    parser.add_argument('--training-data', default=None, metavar='TEXT',
+                        help='what the model was trained on, in words, for the model card (default, for a folder '
+                             '`timm-astro import` wrote: its source, the split trained on and what was held out)')
     parser.add_argument('--allow-nan', action='store_true', help='export weights that hold NaN or infinity')
     args = parser.parse_args(argv)
 
@@ -31,7 +31,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = export_checkpoint(
             args.checkpoint, args.out_dir, model_name=args.model, use_ema=not args.no_ema,
             summary_csv=args.summary, args_yaml=args.args_yaml, overwrite=args.overwrite, allow_nan=args.allow_nan,
-            dataset=args.dataset)
+            training_data=args.training_data)
         config = json.loads((out / 'config.json').read_text(encoding='utf-8'))
         size = 'x'.join(str(s) for s in config['pretrained_cfg']['input_size'])
         print(f"wrote {out}: {config['architecture']}, {config['num_classes']} classes, input {size} "
