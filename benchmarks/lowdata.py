@@ -498,6 +498,12 @@ def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
             if pretraining_of(model) and scratch_spec(model) in models:  # what the pretraining gave
                 out += _versus_on_test(runs, models[scratch_spec(model)], labels.get('test', []), n_boot, **where,
                                        kind='pretraining', model=model, reference=scratch_spec(model))
+            # one pretraining against another of the same architecture (labels against votes, say)
+            order = list(models)
+            for other in order[:order.index(model)]:
+                if pretraining_of(other) and pretraining_of(model) and scratch_spec(other) == scratch_spec(model):
+                    out += _versus_on_test(runs, models[other], labels.get('test', []), n_boot, **where,
+                                           kind='pretraining_vs', model=model, reference=other)
     first = next(iter(report['recipes']))
     for (regime, recipe, model, shots), runs in chosen.items():  # what a recipe changed: the first recipe's runs
         if recipe != first and (regime, first, model, shots) in chosen:
@@ -614,6 +620,16 @@ def render_markdown(report: Dict[str, Any]) -> str:
                             [[f'`{model}`'] + [_interval(found[(regime_id, recipe, shots, model, mode, 'recipe',
                                                                 'test')]) for mode in ('plain', 'd4')]
                              for model in sorted(changed)]))
+                between = [c for c in report.get('comparisons', []) if c['kind'] == 'pretraining_vs'
+                           and (c['regime'], c['recipe'], c['shots']) == (regime_id, recipe, shots)]
+                if between:
+                    lines.append('One pretraining minus another, the same model (test, points, [95%]):\n')
+                    lines.append(markdown_table(
+                        ['model', 'minus', 'plain', 'D4'],
+                        [[f"`{c['model']}`", f"`{c['reference']}`",
+                          _interval(c), _interval(next(d for d in between if d['model'] == c['model']
+                                                       and d['reference'] == c['reference'] and d['mode'] == 'd4'))]
+                         for c in between if c['mode'] == 'plain']))
                 if pretrained:
                     lines.append('Pretrained minus the same model from scratch (test, points, [95%]):\n')
                     lines.append(markdown_table(

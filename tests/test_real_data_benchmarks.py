@@ -292,23 +292,28 @@ def test_fine_tuning_from_a_pretraining_is_compared_with_scratch_and_with_peers_
     import torch
     import timm
     monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
-    (tmp_path / 'gz2').mkdir()
-    for name, kwargs, file in (('resnet18', {}, 'resnet18.pth.tar'),
-                               ('astroformer_small', dict(rel_pos_type='none', img_size=16), 'small.pth.tar')):
-        torch.save({'state_dict': timm.create_model(name, num_classes=6, **kwargs).state_dict()},
-                   tmp_path / 'gz2' / file)
+    for folder in ('gz2', 'votes'):
+        (tmp_path / folder).mkdir()
+    for name, kwargs, file in (('resnet18', {}, 'gz2/resnet18.pth.tar'),
+                               ('astroformer_small', dict(rel_pos_type='none', img_size=16), 'gz2/small.pth.tar'),
+                               ('astroformer_small', dict(rel_pos_type='none', img_size=16), 'votes/small.pth.tar')):
+        torch.save({'state_dict': timm.create_model(name, num_classes=6, **kwargs).state_dict()}, tmp_path / file)
     peer, small = 'resnet18@16', 'astroformer_small[rel_pos_type=none]@16'
     tuned_peer = 'resnet18[pretrained_path=gz2/resnet18.pth.tar]@16'
     tuned_small = 'astroformer_small[rel_pos_type=none,pretrained_path=gz2/small.pth.tar]@16'
-    report = _study(three_splits, tmp_path, '--models', peer, small, tuned_peer, tuned_small, '--shots', '2',
+    votes_small = 'astroformer_small[rel_pos_type=none,pretrained_path=votes/small.pth.tar]@16'
+    report = _study(three_splits, tmp_path, '--models', peer, small, tuned_peer, tuned_small, votes_small,
+                    '--shots', '2',
                     '--seeds', '0', '--steps', '2', '--curve-points', '1', '--jobs', '1', '--name', 'tuned',
                     '--pretrained-dir', str(tmp_path))
     found = {(c['kind'], c['model'], c.get('mode')): c.get('reference') for c in report['comparisons']}
     assert found[('pretraining', tuned_small, 'plain')] == small and found[('pretraining', tuned_peer, 'd4')] == peer
     assert found[('versus', tuned_small, 'plain')] == tuned_peer and found[('versus', small, 'plain')] == peer
     assert ('pretraining', small, 'plain') not in found
+    assert found[('pretraining_vs', votes_small, 'plain')] == tuned_small  # two pretrainings of one architecture
+    assert ('pretraining_vs', tuned_small, 'plain') not in found and ('versus', votes_small, 'plain') not in found
     markdown = (tmp_path / 'tuned.md').read_text()
-    assert 'Pretrained minus the same model from scratch' in markdown
+    assert 'Pretrained minus the same model from scratch' in markdown and 'One pretraining minus another' in markdown
     with pytest.raises(SystemExit, match='pretrained_path gz2/none.pt is not a file under --pretrained-dir'):
         _study(three_splits, tmp_path, '--models', 'resnet18[pretrained_path=gz2/none.pt]@16', '--pretrained-dir',
                str(tmp_path), '--name', 'missing')
