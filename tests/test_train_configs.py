@@ -80,6 +80,15 @@ def test_expected_recipes_exist():
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=_ids(CONFIGS))
+def test_a_pretrained_path_is_loaded(path: Path):
+    """train.py passes pretrained=args.pretrained to create_model: a pretrained_path without pretrained: true is
+    ignored, and the run silently trains from scratch."""
+    cfg = yaml.safe_load(path.read_text())
+    if cfg.get('pretrained_path'):
+        assert cfg.get('pretrained') is True, f'{path.name}: pretrained_path needs pretrained: true'
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_ids(CONFIGS))
 def test_keys_are_train_py_options(path: Path):
     allowed = set(_options()) | EXTRA_CONFIG_KEYS
     unknown = sorted(set(yaml.safe_load(path.read_text())) - allowed)
