@@ -5,6 +5,7 @@ The scripts here are small stand-ins written by the tests, shaped like timm's (f
 YAML goes to ``parser.set_defaults`` and a ``--device-modules`` option), so these tests need no pytorch-image-models
 checkout. tests/test_train_script.py runs the real train.py.
 """
+import argparse
 import json
 import subprocess
 import sys
@@ -367,3 +368,18 @@ def test_tar_data_root_is_read_as_timm_reads_it(train_like: Path, tmp_path: Path
     code, err = _run([str(train_like), str(tmp_path / 'train.tar'), '--model', 'astroformer_small',
                       '--num-classes', '10'], capsys)
     assert code == 2 and 'num_classes is 10' in err and '2 class folders' in err
+
+
+def test_pretrained_path_without_pretrained_is_an_error(data: Path):
+    """train.py passes pretrained=args.pretrained to create_model, so --pretrained-path alone trains from scratch
+    without a word: the check stops it; with --pretrained it passes."""
+    from timm_astro.commands.run import check_args
+    args = argparse.Namespace(model='astroformer_small', data=str(data), data_dir=None, dataset='',
+                              train_split='train', val_split='validation', class_map='', num_classes=None,
+                              pretrained=False, pretrained_path='gz2/model_best.pth.tar')
+    errors, _ = check_args(args)
+    assert errors == ['--pretrained-path gz2/model_best.pth.tar is read only with --pretrained (pretrained: true in '
+                      'a config); without it the script trains from scratch.']
+    args.pretrained = True
+    assert check_args(args)[0] == []
+

@@ -171,6 +171,10 @@ def check_args(
                 warnings.append(f'config key {key!r} is not an option of the script and will be ignored{hint}.')
     if hasattr(args, 'model'):
         errors += _check_model(args.model, args)
+    if getattr(args, 'pretrained_path', None) and not getattr(args, 'pretrained', True):
+        # train.py builds the model with pretrained=args.pretrained: the path alone would be ignored
+        errors.append(f'--pretrained-path {args.pretrained_path} is read only with --pretrained (pretrained: true in a '
+                      f'config); without it the script trains from scratch.')
     if hasattr(args, 'data') or hasattr(args, 'data_dir'):
         data_errors, data_warnings = _check_data(args, config.get('label_names'))
         errors += data_errors
