@@ -119,3 +119,10 @@ def test_a_recipes_device_modules_turn_it_on_for_the_in_process_trainer(d4, tmp_
                          num_classes=1)
     assert ('RandomD4' in built[0]) == expected
     assert d4.is_installed()  # the fixture installed it before; restored after the run
+    d4.uninstall()  # a process where nothing turned it on: a recipe's run leaves it off afterwards
+    built.clear()
+    with pytest.raises(Built):
+        train_classifier(model, ImageDataset(str(tmp_path)), train_args({'device_modules': modules, 'batch_size': 1}),
+                         data_config={'input_size': (3, 16, 16), 'mean': (0.5,) * 3, 'std': (0.5,) * 3},
+                         num_classes=1)
+    assert ('RandomD4' in built[0]) == expected and not d4.is_installed()

@@ -17,13 +17,15 @@ Per-epoch validation is the caller's (``on_epoch_end``). The demo, the benchmark
 train.py remains the tool for real classification runs.
 """
 import argparse
+import contextlib
 import importlib
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -58,7 +60,7 @@ IGNORED_KEYS = {
     'model', 'num_classes', 'label_names', 'img_size', 'input_size', 'in_chans', 'train_split',
     'val_split', 'data_dir', 'dataset', 'dataset_download', 'amp', 'amp_dtype', 'workers', 'output', 'experiment',
     'log_interval', 'checkpoint_hist', 'eval_metric', 'pin_mem', 'crop_pct', 'mean', 'std', 'interpolation',
-    'grad_accum_steps', 'drop_block', 'pretrained', 'channels_last', 'torchcompile', 'grad_checkpointing',
+    'grad_accum_steps', 'drop_block', 'pretrained', 'pretrained_path', 'channels_last', 'torchcompile', 'grad_checkpointing',
     'model_kwargs',
 }
 
@@ -191,6 +193,29 @@ def check_resumable(state: Mapping[str, Any], args: argparse.Namespace, source: 
                         f'and options, or start a new run')
 
 
+D4_MODULE = 'timm_astro.data.d4_augment'
+
+
+@contextlib.contextmanager
+def _recipe_modules(modules: List[str]) -> Iterator[None]:
+    """Import a recipe's ``device_modules`` as train.py does; D4 training views are on inside the block iff the recipe
+    lists ``timm_astro.data.d4_augment``, whatever an earlier run imported, and the process's training transforms
+    are as before the recipe's imports after it (importing the module turns D4 on for the whole process: right for
+    train.py, not for one in-process run among others)."""
+    was_on = D4_MODULE in sys.modules and sys.modules[D4_MODULE].is_installed()
+    for module in modules:
+        importlib.import_module(module)
+    d4 = sys.modules.get(D4_MODULE)
+    if d4 is None:
+        yield
+        return
+    d4.install() if D4_MODULE in modules else d4.uninstall()
+    try:
+        yield
+    finally:
+        d4.install() if was_on else d4.uninstall()
+
+
 def train_classifier(
         model: nn.Module,
         dataset,
@@ -251,11 +276,7 @@ def train_classifier(
 
     random_seed(args.seed)
     model.to(device)
-    modules = list(args.device_modules or [])
-    for module in modules:  # as train.py does, right after its arguments
-        importlib.import_module(module)
-    from timm_astro.data import d4_augment
-    with d4_augment.installed(d4_augment.__name__ in modules):  # this recipe's, whatever an earlier run imported
+    with _recipe_modules(args.device_modules or []):
         loader = create_loader(
             dataset, input_size=tuple(data_config['input_size']), batch_size=args.batch_size, is_training=True,
             no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale,

@@ -17,16 +17,15 @@ on: a uniform draw from D4 composed with any independent random symmetry is stil
 square (a rotation by 90 degrees would swap height and width): a non-square ``img_size`` is refused when the
 transform is built. ``uninstall()`` restores timm's function.
 """
-import contextlib
 import functools
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from PIL import Image
 
 from timm_astro.errors import UserError
 
-__all__ = ['RandomD4', 'D4_TRANSPOSES', 'install', 'uninstall', 'is_installed', 'installed']
+__all__ = ['RandomD4', 'D4_TRANSPOSES', 'install', 'uninstall', 'is_installed']
 
 # the 8 elements of D4 as PIL transposes: identity, 3 rotations, 4 reflections (2 flips and the 2 diagonals)
 D4_TRANSPOSES = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
@@ -104,18 +103,6 @@ def uninstall() -> None:
                                                      None)
     if original is not None:
         transforms_factory.transforms_imagenet_train = original
-
-
-@contextlib.contextmanager
-def installed(on: bool) -> Iterator[None]:
-    """D4 in the training transforms built inside the ``with`` block iff ``on``; the state before is restored after
-    (for in-process training that runs recipes with and without it one after another)."""
-    before = is_installed()
-    install() if on else uninstall()
-    try:
-        yield
-    finally:
-        install() if before else uninstall()
 
 
 install()
