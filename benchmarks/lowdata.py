@@ -887,6 +887,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         first = reported[0]['settings']
         args.warmup_fraction, args.warmup_min_steps = first['warmup_fraction'], first['warmup_min_steps']
         args.extend_grid = max(report['settings']['extend_grid'] for report in reported)
+        args.step_cost = sorted({(m, c) for report in reported for m, c in report['settings'].get('step_cost',
+                                                                                                   {}).items()})
     shot_counts = {shot: smallest if shot == 'all' else int(shot) for shot in args.shots}
     if any(count > smallest for count in shot_counts.values()):
         raise SystemExit(f'--shots {args.shots}: the smallest class has only {smallest} training images')

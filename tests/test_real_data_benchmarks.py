@@ -261,6 +261,9 @@ def test_budget_from_a_step_cost_measured_beforehand(three_splits, tmp_path, mon
                     '--jobs', '1', '--no-plot', '--name', 'given', '--pretrained-dir', str(tmp_path))
     assert [(r['steps'], r['probe']) for r in report['runs']] == [(4, {'cpu_s_per_step': 0.5, 'given': True})] * 2
     assert 'measured beforehand, not probed in the run (`resnet18@16` 0.5)' in (tmp_path / 'given.md').read_text()
+    again = _study(three_splits, tmp_path, '--name', 'again', '--report-only', '--no-plot', '--merge',
+                   str(tmp_path / 'given.json'))
+    assert again['settings']['step_cost'] == {'resnet18@16': 0.5}  # a merged report says it too
     with pytest.raises(SystemExit):
         lowdata.parse_args(['--data-dir', 'x', '--step-cost', 'resnet18@16=fast'])
 
