@@ -464,8 +464,8 @@ def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
     """Every difference the report states, each with its paired bootstrap 95% interval over test images and seeds,
     plain and D4 apart: each model against the best of the other side with the same pretraining (best peer for an
     Astroformer, best Astroformer for a peer; 'best' on mean validation top-1 in the same mode); a pretrained model
-    against itself from scratch; a model under a later recipe against the first recipe; and D4 minus plain per
-    model, on validation and on test."""
+    against itself from scratch and against the same architecture's earlier-listed pretrainings; a model under a
+    later recipe against the first recipe; and D4 minus plain per model, on validation and on test."""
     labels = report['settings']['labels']
     chosen: Dict[Cell, Dict[int, Dict[str, Any]]] = {}
     for e in report['summary']:
