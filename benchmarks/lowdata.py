@@ -232,9 +232,11 @@ def pretraining_of(spec: str) -> str:
 
 
 def scratch_spec(spec: str) -> str:
-    """The same model spec without its pretrained weights (what a pretrained model is compared with)."""
-    name, kwargs, size = parse_model(spec)
-    rest = ','.join(f'{k}={v}' for k, v in kwargs.items() if k != 'pretrained_path')
+    """The same model spec without its pretrained weights (what a pretrained model is compared with), cut from the
+    spec's text so that the other arguments read exactly as the scratch model's spec writes them."""
+    name, _, size = parse_model(spec)
+    inner = re.fullmatch(r'[\w.]+(?:\[([^\]]*)\])?@\d+', spec).group(1) or ''
+    rest = ','.join(i for i in inner.split(',') if i.partition('=')[0].strip() != 'pretrained_path')
     return f'{name}[{rest}]@{size}' if rest else f'{name}@{size}'
 
 
@@ -916,7 +918,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                          'shot_counts': shot_counts, 'seeds': seeds, 'regimes': regimes,
                          'lr_grid': args.lr_grid, 'extend_grid': args.extend_grid, 'lr_rule': LR_RULE,
                          'warmup_fraction': args.warmup_fraction, 'warmup_min_steps': args.warmup_min_steps,
-                         'probe_steps': args.probe_steps, 'step_cost': dict(args.step_cost), 'curve_points': args.curve_points, 'n_boot': args.n_boot,
+                         'probe_steps': args.probe_steps, 'step_cost': dict(args.step_cost),
+                         'curve_points': args.curve_points, 'n_boot': args.n_boot,
                          'recipe': recipes[next(iter(recipes))], 'models': args.models, 'crop_pct': args.crop_pct,
                          'jobs': args.jobs, 'labels': labels},
             'recipes': recipes, 'summary': summarize(runs, decisions()), 'runs': runs, 'parts': parts,

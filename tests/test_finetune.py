@@ -1,8 +1,9 @@
 """Fine-tuning from a pretraining, as timm's train.py does it, for both Astroformer families and a timm peer.
 
 train.py's ``--pretrained --pretrained-path FILE`` builds the model with ``pretrained=True`` and
-``pretrained_cfg_overlay=dict(file=FILE, num_classes=-1)`` (without ``--pretrained`` it ignores the path): timm's ``load_pretrained`` loads every weight but the
-classifier's (named by the model's pretrained cfg), which keeps its fresh initialisation for the new classes.
+``pretrained_cfg_overlay=dict(file=FILE, num_classes=-1)`` (without ``--pretrained`` it ignores the path): timm's
+``load_pretrained`` loads every weight but the classifier's (named by the model's pretrained cfg), which keeps its
+fresh initialisation for the new classes.
 ``--layer-decay`` groups parameters with the model's ``group_matcher``; freezing is timm's ``freeze``. These tests
 make the same calls on checkpoints in the two formats a pretraining leaves: train.py's ``model_best.pth.tar`` and
 ``timm-astro export``'s ``model.safetensors``.

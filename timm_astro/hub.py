@@ -57,12 +57,12 @@ ASTROFORMER_CITATION = """@article{dagli2023astroformer,
 
 # train.py arguments worth showing in a model card, in this order (the card is not the place for all ~150)
 RECIPE_KEYS = (
-    'model', 'pretrained', 'pretrained_path', 'initial_checkpoint', 'dataset', 'train_split', 'val_split', 'num_classes',
-    'input_size', 'img_size', 'epochs', 'batch_size', 'grad_accum_steps', 'opt', 'opt_eps', 'opt_betas',
-    'momentum', 'weight_decay', 'layer_decay', 'clip_grad', 'lr', 'lr_base', 'sched', 'min_lr', 'warmup_epochs', 'warmup_lr',
-    'cooldown_epochs', 'aa', 'hflip', 'vflip', 'scale', 'ratio', 'color_jitter', 'reprob', 'mixup', 'cutmix',
-    'mixup_prob', 'smoothing', 'drop', 'drop_path', 'model_ema', 'model_ema_decay', 'amp', 'amp_dtype', 'seed',
-    'model_kwargs',
+    'model', 'pretrained', 'pretrained_path', 'initial_checkpoint', 'dataset', 'train_split', 'val_split',
+    'num_classes', 'input_size', 'img_size', 'epochs', 'batch_size', 'grad_accum_steps', 'opt', 'opt_eps',
+    'opt_betas', 'momentum', 'weight_decay', 'layer_decay', 'clip_grad', 'lr', 'lr_base', 'sched', 'min_lr',
+    'warmup_epochs', 'warmup_lr', 'cooldown_epochs', 'aa', 'hflip', 'vflip', 'scale', 'ratio', 'color_jitter',
+    'reprob', 'mixup', 'cutmix', 'mixup_prob', 'smoothing', 'drop', 'drop_path', 'model_ema', 'model_ema_decay', 'amp',
+    'amp_dtype', 'seed', 'model_kwargs',
 )
 
 
@@ -139,11 +139,11 @@ def _imported_data(args: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     return info if isinstance(info, dict) and info.get('created_by') == 'timm-astro import' else None
 
 
-def describe_training_data(args: Mapping[str, Any]) -> Optional[str]:
-    """What a train.py run on a folder that ``timm-astro import`` wrote trained on, for the model card: the
-    source, the split and its class-labelled images (what train.py's ImageFolder reads), and what was held out (a
-    pretraining's card must say which galaxies its weights have seen, so that nobody tests on them)."""
-    info = _imported_data(args)
+def describe_training_data(info: Optional[Mapping[str, Any]], args: Mapping[str, Any]) -> Optional[str]:
+    """What a train.py run (``args``) on a folder that ``timm-astro import`` wrote (its dataset.json, ``info``)
+    trained on, for the model card: the source, the split and its class-labelled images (what train.py's
+    ImageFolder reads), and what was held out (a pretraining's card must say which galaxies its weights have seen,
+    so that nobody tests on them)."""
     if info is None:
         return None
     split = args.get('train_split') or 'train'
@@ -162,9 +162,9 @@ def describe_training_data(args: Mapping[str, Any]) -> Optional[str]:
     return text
 
 
-def _imported_label_names(args: Mapping[str, Any]) -> Optional[List[str]]:
-    """The class names of an imported folder, in label order (what train.py's ImageFolder indices mean)."""
-    info = _imported_data(args)
+def _imported_label_names(info: Optional[Mapping[str, Any]], args: Mapping[str, Any]) -> Optional[List[str]]:
+    """The class names of an imported folder (its dataset.json, ``info``), in label order (what train.py's
+    ImageFolder indices mean)."""
     classes = info.get('classes') if info else None
     if not isinstance(classes, list) or not all(isinstance(c, dict) and 'name' in c for c in classes):
         return None
@@ -459,8 +459,8 @@ def export_checkpoint(
     """Export a train.py checkpoint (or a plain state dict) with ``export_model``.
 
     ``training_data``: what the model was trained on, in words, for the card; by default, for a folder
-    ``timm-astro import`` wrote, its source and the split trained on (``describe_training_data``). timm's dataset name from
-    the run's args goes in the card's metadata as before.
+    ``timm-astro import`` wrote, its source and the split trained on (``describe_training_data``). timm's dataset
+    name from the run's args goes in the card's metadata as before.
 
     The model is rebuilt as train.py built it (``timm_astro.loading.model_from_checkpoint``): the architecture is
     ``model_name``, else the run's ``model`` argument, else the checkpoint's ``arch``. ``args.yaml`` and
@@ -472,15 +472,16 @@ def export_checkpoint(
         summary_csv = ckpt.path.parent / 'summary.csv'
     metrics = read_summary(summary_csv, ckpt.args.get('eval_metric') or 'top1', ckpt.epoch) if summary_csv else None
     model = model_from_checkpoint(ckpt, model_name)
+    imported = _imported_data(ckpt.args)
     return export_model(
         model,
         out_dir,
-        label_names=ckpt.args.get('label_names') or _imported_label_names(ckpt.args),
+        label_names=ckpt.args.get('label_names') or _imported_label_names(imported, ckpt.args),
         data_config=resolve_model_data_config(model) if ckpt.args else None,
         metrics=metrics,
         train_args=ckpt.args or None,
         dataset=_dataset_name(ckpt.args),
-        training_data=training_data or describe_training_data(ckpt.args),
+        training_data=training_data or describe_training_data(imported, ckpt.args),
         overwrite=overwrite,
         weights_note=None if ckpt.weights == 'state dict' else f'{ckpt.weights} from the train.py checkpoint',
     )

@@ -60,8 +60,8 @@ IGNORED_KEYS = {
     'model', 'num_classes', 'label_names', 'img_size', 'input_size', 'in_chans', 'train_split',
     'val_split', 'data_dir', 'dataset', 'dataset_download', 'amp', 'amp_dtype', 'workers', 'output', 'experiment',
     'log_interval', 'checkpoint_hist', 'eval_metric', 'pin_mem', 'crop_pct', 'mean', 'std', 'interpolation',
-    'grad_accum_steps', 'drop_block', 'pretrained', 'pretrained_path', 'channels_last', 'torchcompile', 'grad_checkpointing',
-    'model_kwargs',
+    'grad_accum_steps', 'drop_block', 'pretrained', 'pretrained_path', 'channels_last', 'torchcompile',
+    'grad_checkpointing', 'model_kwargs',
 }
 
 # Keys that change the optimisation but that this loop implements only at train.py's default: any other value is
