@@ -40,6 +40,26 @@ def test_stage_shapes_and_feature_info(name):
     assert model(x).shape == (2, 10)
 
 
+@pytest.mark.parametrize('rel_pos_type, size', [('fourier', 32), ('table', 33)])
+def test_transformer_stride_pools_before_s4_only(rel_pos_type, size):
+    """transformer_stride=2: the convolutions keep the input size, S4 attends over the 2x2-pooled positions (its W
+    built for that grid), feature_info says so, and the pooling adds no weights (timm's strided block renames S4's
+    first norm, so the keys differ)."""
+    model = timm.create_model('astroformer_small', img_size=size, num_classes=6, transformer_stride=2,
+                              rel_pos_type=rel_pos_type)
+    plain = timm.create_model('astroformer_small', img_size=size // 2, num_classes=6, rel_pos_type=rel_pos_type)
+    assert [f['reduction'] for f in model.feature_info] == [1, 1, 1, 1, 2]
+    assert model.stages[3].blocks[0].attn.rel_pos is not None
+    feats = model.forward_intermediates(torch.randn(2, 3, size, size), intermediates_only=True)
+    assert [f.shape[-1] for f in feats] == [size] * 4 + [size // 2]
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+
+
+def test_transformer_stride_other_than_1_or_2_is_refused():
+    with pytest.raises(ValueError, match=r'transformer_stride=3; expected 1 .* or 2'):
+        timm.create_model('astroformer_small', transformer_stride=3)
+
+
 def test_stage_adjustments_follow_the_design(small):
     """S1 and S2 add a 1x1 projection of their input (S0's, S1's output); S3 does not."""
     skips = [stage.stage_skip for stage in small.stages[:3]]

@@ -9,7 +9,9 @@ thumbnails) have little of. Shapes for a B x 3 x H x W batch, expansion e:
     S1        stage blocks, + 1x1 projection of S0's output          -> B x 32e x H x W
     S2        stage blocks, + 1x1 projection of S1's output          -> B x 32e^2 x H x W
     S3        stage blocks                                           -> B x 32e^3 x H x W
-    S4        timm's pre-norm TransformerBlock2d, relative attention over all H*W positions (shape kept)
+    S4        timm's pre-norm TransformerBlock2d, relative attention over all H*W positions (shape kept; with
+              ``transformer_stride=2`` it average-pools 2x2 first and attends over H/2*W/2, an option to
+              let larger inputs through the convolutions without S4's quadratic cost)
     head      global average pool -> flatten -> linear
 
 Stage block: depthwise 3x3 (D-Conv) -> BN -> act -> 1x1 expansion (E-Conv) -> BN, plus a skip (1x1 projection
@@ -58,6 +60,8 @@ class AstroformerFullResCfg:
     rel_pos_type: str = 'fourier'  # 'fourier' (folded into q/k), 'table' (the paper's W: a value per offset), 'none'
     rel_pos_freqs: int = 16  # frequencies per head for 'fourier': 2x this many extra q/k channels
     key_context_kernel: int = 3  # depthwise conv r joining the keys, 0 to disable
+    transformer_stride: int = 1  # 2: S4 average-pools 2x2 first (timm's strided TransformerBlock2d), a quarter
+                                 # of the positions to attend over: larger inputs for the convolutions at S4's cost
     attn_impl: str = 'auto'  # S4's kernel: 'auto', 'flex', 'sdpa' or 'explicit' (see RelativeAttention2d)
 
 
@@ -201,23 +205,29 @@ class AstroformerFullRes(nn.Module):
             ))
             self.feature_info.append(dict(num_chs=out_chs, reduction=1, module=f'stages.{i}'))
             in_chs = out_chs
+        if cfg.transformer_stride not in (1, 2):
+            raise ValueError(f'{model_name}: transformer_stride={cfg.transformer_stride}; expected 1 (attend over '
+                             f'every position) or 2 (average-pool 2x2 before S4)')
+        check_img_size(self.img_size, model_name, min_size=cfg.transformer_stride)
+        s4_size = tuple(s // cfg.transformer_stride for s in self.img_size)
         transformer_cfg = MaxxVitTransformerCfg(
             dim_head=cfg.dim_head, expand_ratio=cfg.mlp_ratio, norm_layer=cfg.norm_layer, rel_pos_type='none')
         stage = MaxxVitStage(
-            in_chs, in_chs, stride=1, depth=1, block_types='T', transformer_cfg=transformer_cfg,
+            in_chs, in_chs, stride=cfg.transformer_stride, depth=1, block_types='T', transformer_cfg=transformer_cfg,
             drop_path=dpr[-1], **dd)
         for block in stage.blocks:
             block.attn = RelativeAttention2d.from_attention2d(
                 block.attn,
                 rel_pos_type=cfg.rel_pos_type,
-                window_size=self.img_size,
+                window_size=s4_size,
                 rel_pos_freqs=cfg.rel_pos_freqs,
-                rel_pos_init_period=max(self.img_size),
+                rel_pos_init_period=max(s4_size),
                 key_context_kernel=cfg.key_context_kernel,
                 attn_impl=cfg.attn_impl,
             )
         stages.append(stage)
-        self.feature_info.append(dict(num_chs=in_chs, reduction=1, module=f'stages.{len(cfg.depths)}'))
+        self.feature_info.append(dict(
+            num_chs=in_chs, reduction=cfg.transformer_stride, module=f'stages.{len(cfg.depths)}'))
         self.stages = nn.Sequential(*stages)
 
         self.num_features = self.head_hidden_size = in_chs
