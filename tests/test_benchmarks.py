@@ -280,3 +280,41 @@ def test_gpu_study_dry_run_trains_scores_and_reports_every_cell(tmp_path):
     refused = subprocess.run(['bash', str(BENCHMARKS / 'gpu_study.sh'), str(tmp_path), '--dry-run'],
                              capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
     assert refused.returncode == 2 and 'expected an ImageFolder with train/, validation/ and test/' in refused.stderr
+
+
+def _tiny_import(root: Path, per_class: int) -> Path:
+    """A folder shaped like `timm-astro import`'s: two classes, dataset.json with their counts."""
+    from PIL import Image
+    classes = []
+    for label, folder in enumerate(['0_a', '1_b']):
+        for split, n in (('train', per_class), ('validation', 2), ('test', 3)):
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new('RGB', (4, 4), (label * 100, i, 0)).save(root / split / folder / f'{split}_{label}_{i}.png')
+        classes.append({'label': label, 'name': folder[2:], 'folder': folder, 'train': per_class, 'validation': 2,
+                        'test': 3})
+    info = {'created_by': 'timm-astro import', 'source': 'tiny', 'title': 'tiny', 'seed': 0, 'classes': classes,
+            'splits': {'train': 2 * per_class, 'validation': 4, 'test': 6}}
+    (root / 'dataset.json').write_text(json.dumps(info))
+    return root
+
+
+def test_holdout_pool_keeps_the_pretraining_off_the_pool_and_the_test_split(tmp_path):
+    data = _tiny_import(tmp_path / 'data', per_class=5)
+    pre, ft = tmp_path / 'pre', tmp_path / 'ft'
+    run_script('holdout_pool.py', str(data), '--per-class', '2', '--pretrain-dir', str(pre), '--finetune-dir', str(ft))
+    pre_train = {p.name for p in (pre / 'train').rglob('*.png')}
+    pool = {p.name for p in (ft / 'train').rglob('*.png')}
+    assert len(pre_train) == 6 and len(pool) == 4 and not pre_train & pool
+    assert pre_train | pool == {p.name for p in (data / 'train').rglob('*.png')}
+    assert not (pre / 'test').exists()
+    assert {p.name for p in (ft / 'test').rglob('*.png')} == {p.name for p in (data / 'test').rglob('*.png')}
+    card = json.loads((pre / 'dataset.json').read_text())
+    assert card['splits'] == {'train': 6, 'validation': 4, 'finetune_pool': 4, 'test': 6}
+    assert json.loads((ft / 'dataset.json').read_text())['splits'] == {'train': 4, 'validation': 4, 'test': 6}
+    # a pool as large as a class would leave the pretraining without it: refused, nothing written
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / 'holdout_pool.py'), str(data), '--per-class', '5',
+                           '--pretrain-dir', str(tmp_path / 'p2'), '--finetune-dir', str(tmp_path / 'f2')],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV)
+    assert proc.returncode != 0 and 'have no more training images' in proc.stderr
+    assert not (tmp_path / 'p2').exists()
