@@ -12,7 +12,8 @@ train.py's keys; ``--set KEY=VALUE`` changes a value, ``--grid 'KEY=V1|V2'`` tri
 
 * ``--budget-cpu-s S [S ...]``: equal compute. A probe of a few optimizer steps at the run's batch and input size
   measures the model's CPU-seconds per step; the run gets ``S / that`` steps. The probe and the CPU-seconds the
-  run actually took are both kept.
+  run actually took are both kept. On a shared machine a probe per run is noisy: ``--probe-only`` measures every
+  model one after another and prints ``MODEL=CPU_S`` for ``--step-cost``, which then sets every run's steps.
 * ``--converge``: validation top-1 every ``--eval-every`` steps; training stops when it has not improved for
   ``--patience`` evaluations (at most ``--max-steps``, over which the schedule is laid) and the best-validation
   weights are scored.
@@ -285,21 +286,41 @@ def probe_step_cost(model: torch.nn.Module, dataset, targs: argparse.Namespace, 
             'first_step_cpu_s': round(elapsed[0], 4), 'cpu_s': round(result.cpu_seconds, 3)}
 
 
+def run_inputs(key: Key, recipe: Dict[str, Any], data_root: Path, args: argparse.Namespace):
+    """A run's training subset, model, data config, train.py arguments and number of classes."""
+    _, _, spec, shots, seed, lr = key
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    dataset = create_dataset('', root=str(data_root), split='train', is_training=True)
+    by_class = class_indices(dataset)
+    dataset.reader.samples = [dataset.reader.samples[i] for i in
+                              few_shot_indices(by_class, None if shots == 'all' else int(shots), seed)]
+    model, size = build_model(spec, len(by_class), recipe, seed, args.pretrained_dir)
+    data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
+    targs = train_args({**recipe, 'lr': lr, 'seed': seed, 'sched_on_updates': True})
+    return dataset, model, data_config, targs, len(by_class)
+
+
+def probe_only(args: argparse.Namespace, recipes: Dict[str, Dict[str, Any]], data_root: Path) -> List[str]:
+    """``--probe-only``: each architecture's CPU-seconds per step, one after another in this process (so that
+    their ratios are measured side by side), as ``MODEL=CPU_S`` for ``--step-cost``."""
+    recipe_id, recipe = next(iter(recipes.items()))
+    costs = []
+    for spec in dict.fromkeys(scratch_spec(s) for s in args.models):
+        key = ('probe', recipe_id, spec, args.shots[0], args.seeds[0], float(recipe['lr']))
+        dataset, model, data_config, targs, num_classes = run_inputs(key, recipe, data_root, args)
+        probe = probe_step_cost(model, dataset, targs, data_config, num_classes, args)
+        costs.append(f"{spec}={probe['cpu_s_per_step']}")
+        print(costs[-1], flush=True)
+    return costs
+
+
 def train_run(key: Key, recipe: Dict[str, Any], regime: Dict[str, Any], data_root: Path, args: argparse.Namespace,
               weights: Optional[Path]) -> Dict[str, Any]:
     """Train one model on one subset with one lr under one regime, log its curve, score it on validation (plain and
     D4, per image) and, when ``weights`` is given, save the scored weights there for the test split (scored only
     if this lr is chosen)."""
     regime_id, recipe_id, spec, shots, seed, lr = key
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    dataset = create_dataset('', root=str(data_root), split='train', is_training=True)
-    by_class = class_indices(dataset)
-    dataset.reader.samples = [dataset.reader.samples[i] for i in
-                              few_shot_indices(by_class, None if shots == 'all' else int(shots), seed)]
-    num_classes = len(by_class)
-    model, size = build_model(spec, num_classes, recipe, seed, args.pretrained_dir)
-    data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
-    targs = train_args({**recipe, 'lr': lr, 'seed': seed, 'sched_on_updates': True})
+    dataset, model, data_config, targs, num_classes = run_inputs(key, recipe, data_root, args)
     steps_per_epoch = max(1, len(dataset) // targs.batch_size)  # train_classifier refuses 0 with a clear message
     out: Dict[str, Any] = {'regime': regime_id, 'recipe': recipe_id, 'model': spec, 'shots': shots, 'seed': seed,
                            'lr': lr, 'train_images': len(dataset), 'params': sum(p.numel() for p in model.parameters())}
@@ -762,6 +783,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help='--budget-cpu-s: CPU-seconds per step of a model measured beforehand (on an idle core), '
                              'used instead of the probe: a probe beside other jobs can be off by 2x')
     regime.add_argument('--probe-steps', type=int, default=5, help='--budget-cpu-s: steps of the cost probe')
+    regime.add_argument('--probe-only', action='store_true',
+                        help="print each model's CPU-seconds per step (MODEL=CPU_S, for --step-cost) and stop")
     regime.add_argument('--curve-points', type=int, default=10,
                         help='validation evaluations along a --steps / --budget-cpu-s run (its curve)')
     parser.add_argument('--warmup-fraction', type=float, default=0.05, help="warm-up steps as a fraction of a run's")
@@ -839,6 +862,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         parse_model(spec)
         if not args.report_only:
             pretrained_file(spec, args.pretrained_dir)  # refuse a missing file before the first run
+    if args.probe_only:
+        return {'step_cost': probe_only(args, recipes, data_root)}
     regimes = regimes_from_args(args)
     splits = ['validation'] + (['test'] if 'test' in args.eval_splits else [])
     data = {split: open_labelled_data(data_root, split) for split in splits}

@@ -357,3 +357,20 @@ def test_predict_speed_reports_ratios_and_memory(three_splits, tmp_path, monkeyp
     assert kinds['predict']['img_s'] > 0 and report['settings']['num_images'] == 9
     assert report['memory'][0]['images'] == 30 and report['memory'][0]['peak_rss_mb'] > 0
     assert 'x bare forward' in (tmp_path / 'speed.md').read_text()
+
+
+def test_probe_only_prints_one_step_cost_per_architecture(three_splits, tmp_path, monkeypatch, capsys):
+    """--probe-only measures each architecture once (a spec with pretrained weights costs what its architecture
+    does), in the form --step-cost takes, and writes no report."""
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
+    weights = tmp_path / 'w.safetensors'
+    weights.touch()
+    out = _study(three_splits, tmp_path, '--models', 'resnet18@16', f'resnet18[pretrained_path={weights.name}]@16',
+                 'astroformer_small[rel_pos_type=none]@16', '--shots', '2', '--probe-only', '--probe-steps', '2',
+                 '--pretrained-dir', str(tmp_path), '--jobs', '1')
+    specs = [line.rpartition('=')[0] for line in out['step_cost']]
+    assert specs == ['resnet18@16', 'astroformer_small[rel_pos_type=none]@16']
+    assert [float(line.rpartition('=')[2]) > 0 for line in out['step_cost']] == [True, True]
+    assert lowdata._step_cost(out['step_cost'][1])[0] == specs[1]
+    assert capsys.readouterr().out.split() == out['step_cost']
+    assert not list(tmp_path.glob('*.json'))
