@@ -710,9 +710,16 @@ def render_plots(report: Dict[str, Any], base: Path) -> List[Path]:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     title = textwrap.wrap(f"{s['data_name']}: one line per seed, the chosen lr", int(55 * len(shots)))
     fig.suptitle('\n'.join(title), fontsize=9, y=0.995)
-    fig.legend(handles, labels, fontsize=7, loc='upper center', bbox_to_anchor=(0.5, 0.99 - 0.028 * len(title)),
-               ncol=min(4, max(1, len(labels))))
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    # as many columns as the figure's width holds (about 64 characters of 7-point text per column of panels), long
+    # model specs (pretrained_path=...) wrapped to the column, and the panels below the legend's lines
+    width = 64 * len(shots)
+    ncol = max(1, min(4, len(labels), width // (max(map(len, labels), default=1) + 6)))
+    labels = ['\n'.join(textwrap.wrap(label, width // ncol - 6)) for label in labels]
+    heights = [label.count('\n') + 1 for label in labels]
+    lines = sum(max(heights[i:i + ncol]) for i in range(0, len(heights), ncol))
+    legend_top = 0.99 - 0.028 * len(title)
+    fig.legend(handles, labels, fontsize=7, loc='upper center', bbox_to_anchor=(0.5, legend_top), ncol=ncol)
+    fig.tight_layout(rect=(0, 0, 1, min(0.93, legend_top - 0.03 * (lines + 1) / (2 * len(regimes)))))
     paths = [base.with_name(f'{base.name}_curves.png')]
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
