@@ -149,3 +149,21 @@ def test_weights_decide_the_w_form_of_a_full_resolution_checkpoint(tmp_path):
         assert _same(load_model('astroformer_small', tmp_path / 'weights.pth'), model)
         assert json.loads((export_model(model, tmp_path / f"export_{form['rel_pos_type']}").joinpath(
             'config.json')).read_text())['model_args']['rel_pos_type'] == form['rel_pos_type']
+
+
+def test_width_and_s4_pooling_survive_a_checkpoint_and_an_export(tmp_path):
+    """A run with --model-kwargs stem_width=16 transformer_stride=2 loads from its checkpoint and exports a folder
+    that timm loads back with the same outputs: the weights say both, as they say the W form."""
+    torch.manual_seed(0)
+    model = timm.create_model('astroformer_small', num_classes=3, img_size=32, stem_width=16,
+                              transformer_stride=2).eval()
+    torch.save({'epoch': 1, 'arch': 'astroformer_small', 'state_dict': model.state_dict(),
+                'args': argparse.Namespace(model='astroformer_small', num_classes=3, input_size=[3, 32, 32])},
+               tmp_path / 'checkpoint.pth.tar')
+    assert _same(load_model(str(tmp_path / 'checkpoint.pth.tar')), model)
+    export = export_model(model, tmp_path / 'export')
+    args = json.loads((export / 'config.json').read_text())['model_args']
+    assert args['stem_width'] == 16 and args['transformer_stride'] == 2
+    assert _same(timm.create_model(f'local-dir:{export}', pretrained=True), model)
+    plain = export_model(timm.create_model('astroformer_small', num_classes=3), tmp_path / 'plain')
+    assert not {'stem_width', 'transformer_stride'} & set(json.loads((plain / 'config.json').read_text())['model_args'])

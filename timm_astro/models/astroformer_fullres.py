@@ -324,19 +324,31 @@ class AstroformerFullRes(nn.Module):
 
 
 def w_form_kwargs(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """The ``rel_pos_type`` (and ``rel_pos_freqs``) that a full-resolution model's weights were trained with.
+    """The ``rel_pos_type`` (and ``rel_pos_freqs``) that a full-resolution model's weights were trained with, and
+    its ``stem_width`` / ``transformer_stride`` where they are not the variants' own (32 and 1).
 
     Weights do not name their W form, and the default has changed twice (Fourier with 4 frequencies, the table,
     Fourier with 16): loaders and exports read the form from the weights instead of trusting the current default.
+    The same holds for the width and S4's pooling, which a run may set through train.py's ``--model-kwargs``: an
+    export that dropped them would not load back.
     """
+    out: Dict[str, Any] = {}
     for key, value in state_dict.items():
         if key.endswith('attn.rel_pos.relative_position_frequencies'):
-            return {'rel_pos_type': 'fourier', 'rel_pos_freqs': int(value.shape[1])}
+            out = {'rel_pos_type': 'fourier', 'rel_pos_freqs': int(value.shape[1])}
+            break
         if key.endswith('attn.rel_pos.relative_position_bias_table'):
-            return {'rel_pos_type': 'table'}
-    if any('.attn.' in key for key in state_dict):  # S4 attention without any W
-        return {'rel_pos_type': 'none'}
-    return {}
+            out = {'rel_pos_type': 'table'}
+            break
+    else:
+        if any('.attn.' in key for key in state_dict):  # S4 attention without any W
+            out = {'rel_pos_type': 'none'}
+    stem = state_dict.get('stem.conv1.conv.weight')
+    if stem is not None and stem.shape[0] != AstroformerFullResCfg.stem_width:
+        out['stem_width'] = int(stem.shape[0])
+    if any(key.endswith('.norm1.norm.weight') for key in state_dict):  # timm's strided block: norm1 -> (norm, down)
+        out['transformer_stride'] = 2
+    return out
 
 
 model_cfgs = dict(
