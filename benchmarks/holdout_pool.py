@@ -14,11 +14,18 @@ says which galaxies it trained on and that the pool and the test split were held
     python benchmarks/holdout_pool.py DATA_DIR --per-class 120 --pretrain-dir PRE --finetune-dir FT
 """
 import argparse
+import contextlib
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
+
+from timm_astro.errors import UserError
+from timm_astro.outputs import atomic_output_dir
+
+CREATED_BY = 'benchmarks/holdout_pool.py'
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'}
 
@@ -52,13 +59,13 @@ def _dataset_json(info: Dict[str, Any], counts: Dict[str, Dict[str, int]], note:
 
 
 def split_pool(data_dir: Path, per_class: int, seed: int, pretrain_dir: Path, finetune_dir: Path) -> Dict[str, int]:
-    """Write the two folders; returns the number of galaxies in each part."""
+    """Write the two folders, each complete or not at all; returns the number of galaxies in each part."""
     meta = data_dir / 'dataset.json'
     if not meta.is_file():
         raise SystemExit(f'{data_dir}: no dataset.json; expected a folder written by `timm-astro import`')
-    for out in (pretrain_dir, finetune_dir):
-        if out.exists() and any(out.iterdir()):
-            raise SystemExit(f'{out}: exists and is not empty; expected a new folder')
+    for out in (pretrain_dir, finetune_dir):  # before any work (atomic_output_dir's own message names an --overwrite)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise SystemExit(f'{out}: exists and is not an empty folder; expected a new folder')
     info = json.loads(meta.read_text(encoding='utf-8'))
     train = _class_images(data_dir / 'train')
     short = {folder: len(paths) for folder, paths in train.items() if len(paths) <= per_class}
@@ -75,24 +82,26 @@ def split_pool(data_dir: Path, per_class: int, seed: int, pretrain_dir: Path, fi
     def count(images: Dict[str, Sequence[Path]]) -> Dict[str, int]:
         return {folder: len(paths) for folder, paths in images.items()}
 
-    _link_tree(rest, pretrain_dir / 'train')
-    _link_tree(validation, pretrain_dir / 'validation')
     note = (f'benchmarks/holdout_pool.py --per-class {per_class} --seed {seed}: the import\'s train split less a '
             f'fine-tuning pool of {per_class} per class')
     pre_counts = {'train': count(rest), 'validation': count(validation), 'finetune_pool': count(pool),
                   'test': count(test)}
-    (pretrain_dir / 'dataset.json').write_text(json.dumps(_dataset_json(info, pre_counts, note + '; test/ and the '
-                                                          'pool are not in this folder'), indent=2) + '\n')
-    _link_tree(pool, finetune_dir / 'train')
-    _link_tree(validation, finetune_dir / 'validation')
-    _link_tree(test, finetune_dir / 'test')
     ft_counts = {'train': count(pool), 'validation': count(validation), 'test': count(test)}
-    (finetune_dir / 'dataset.json').write_text(json.dumps(_dataset_json(
-        info, ft_counts, note + ': this folder\'s train split is that pool'), indent=2) + '\n')
-    for name in ('class_names.json',):
-        if (data_dir / name).is_file():
-            for out in (pretrain_dir, finetune_dir):
-                (out / name).write_text((data_dir / name).read_text(encoding='utf-8'), encoding='utf-8')
+    with contextlib.ExitStack() as stack:
+        pre = stack.enter_context(atomic_output_dir(pretrain_dir, CREATED_BY))
+        ft = stack.enter_context(atomic_output_dir(finetune_dir, CREATED_BY))
+        _link_tree(rest, pre / 'train')
+        _link_tree(validation, pre / 'validation')
+        (pre / 'dataset.json').write_text(json.dumps(_dataset_json(
+            info, pre_counts, note + '; test/ and the pool are not in this folder'), indent=2) + '\n')
+        _link_tree(pool, ft / 'train')
+        _link_tree(validation, ft / 'validation')
+        _link_tree(test, ft / 'test')
+        (ft / 'dataset.json').write_text(json.dumps(_dataset_json(
+            info, ft_counts, note + ': this folder\'s train split is that pool'), indent=2) + '\n')
+        if (data_dir / 'class_names.json').is_file():
+            for out in (pre, ft):
+                shutil.copyfile(data_dir / 'class_names.json', out / 'class_names.json')
     return {'pretrain': sum(pre_counts['train'].values()), 'pool': sum(ft_counts['train'].values())}
 
 
@@ -106,7 +115,10 @@ def main(argv: Sequence[str] = None) -> None:
     args = parser.parse_args(argv)
     if args.per_class < 1:
         raise SystemExit(f'--per-class {args.per_class}: expected a positive number of galaxies')
-    sizes = split_pool(args.data_dir, args.per_class, args.seed, args.pretrain_dir, args.finetune_dir)
+    try:
+        sizes = split_pool(args.data_dir, args.per_class, args.seed, args.pretrain_dir, args.finetune_dir)
+    except UserError as e:  # an output folder that cannot be written
+        raise SystemExit(str(e)) from None
     print(f"{args.data_dir}: pretraining set {sizes['pretrain']} galaxies -> {args.pretrain_dir}; "
           f"fine-tuning pool {sizes['pool']} -> {args.finetune_dir} (validation and test as imported)",
           file=sys.stderr)

@@ -174,9 +174,12 @@ class AstroformerFullRes(nn.Module):
         super().__init__()
         reject_drop_block(drop_block_rate)
         check_in_chans(in_chans, model_name)
-        check_img_size(to_2tuple(img_size), model_name)
         if kwargs:
             cfg = replace(cfg, **kwargs)  # TypeError for anything that is not a cfg field
+        if cfg.transformer_stride not in (1, 2):
+            raise ValueError(f'{model_name}: transformer_stride={cfg.transformer_stride}; expected 1 (attend over '
+                             f'every position) or 2 (average-pool 2x2 before S4)')
+        check_img_size(to_2tuple(img_size), model_name, min_size=cfg.transformer_stride)
         dd = {'device': device, 'dtype': dtype}
         self.model_name = model_name
         self.img_size = to_2tuple(img_size)
@@ -205,10 +208,6 @@ class AstroformerFullRes(nn.Module):
             ))
             self.feature_info.append(dict(num_chs=out_chs, reduction=1, module=f'stages.{i}'))
             in_chs = out_chs
-        if cfg.transformer_stride not in (1, 2):
-            raise ValueError(f'{model_name}: transformer_stride={cfg.transformer_stride}; expected 1 (attend over '
-                             f'every position) or 2 (average-pool 2x2 before S4)')
-        check_img_size(self.img_size, model_name, min_size=cfg.transformer_stride)
         s4_size = tuple(s // cfg.transformer_stride for s in self.img_size)
         transformer_cfg = MaxxVitTransformerCfg(
             dim_head=cfg.dim_head, expand_ratio=cfg.mlp_ratio, norm_layer=cfg.norm_layer, rel_pos_type='none')
