@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from timm_astro.errors import UserError
@@ -15,6 +16,15 @@ import lowdata  # noqa: E402
 import predict_speed  # noqa: E402
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """lowdata.main sets torch's thread count for its runs (--threads, in-process jobs) and leaves it set: restored
+    here, or a later test's in-process logits are summed over another number of threads than its subprocess's."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')
