@@ -35,7 +35,8 @@ from timm_astro.environment import hub_endpoint_problem
 from timm_astro.errors import UserError
 from timm_astro.losses import CONCENTRATION_MAP
 from timm_astro.loading import (
-    INPUT_KEYS, existing_file, input_entries, load_model, model_from_checkpoint, read_train_checkpoint, w_form)
+    INPUT_KEYS, existing_file, input_entries, load_model, model_from_checkpoint, read_train_checkpoint,
+    weights_model_kwargs)
 from timm_astro.outputs import atomic_output_dir, check_output_location
 from timm_astro.version import __version__
 
@@ -420,7 +421,7 @@ def export_model(
                 str(tmp),
                 model_config={**({'label_names': label_names} if label_names else {}), **(extra_config or {})} or None,
                 # config.json names the W form, so a later change of the family's default cannot misread it
-                model_args=w_form(model.pretrained_cfg['architecture'], model.state_dict()) or None,
+                model_args=weights_model_kwargs(model.pretrained_cfg['architecture'], model.state_dict()) or None,
                 data_config=data_config,
                 safe_serialization=True,
             )

@@ -35,7 +35,7 @@ from timm.models import get_pretrained_cfg_value, is_model_in_modules, load_stat
 
 import timm_astro  # noqa: F401  (registers the models before any name is looked up)
 from timm_astro.errors import UserError
-from timm_astro.models.astroformer_fullres import w_form_kwargs
+from timm_astro.models.astroformer_fullres import kwargs_from_weights
 
 __all__ = ['load_model', 'TrainCheckpoint', 'read_train_checkpoint', 'model_from_checkpoint', 'check_finite',
            'INPUT_KEYS', 'input_entries']
@@ -235,9 +235,10 @@ def read_train_checkpoint(
                            epoch if isinstance(epoch, int) else None, meta.get('arch'))
 
 
-def w_form(name: str, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """The W form the weights of a full-resolution model ``name`` have (``w_form_kwargs``); {} for other models."""
-    return w_form_kwargs(state_dict) if is_model_in_modules(name, ['astroformer_fullres']) else {}
+def weights_model_kwargs(name: str, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """The architecture arguments (W form, width, S4 pooling) that the weights of a full-resolution model ``name``
+    were trained with (``kwargs_from_weights``); {} for other models."""
+    return kwargs_from_weights(state_dict) if is_model_in_modules(name, ['astroformer_fullres']) else {}
 
 
 def _model_name(name: Any, source: str) -> str:
@@ -287,7 +288,7 @@ def model_from_checkpoint(ckpt: TrainCheckpoint, model_name: Optional[str] = Non
     if num_classes is not None and rows is not None and int(num_classes) != rows:
         raise UserError(f'{source}: num_classes={num_classes} (from the train args) but the weights have {rows} '
                         f'outputs ({classifier}.weight)')
-    kwargs = {**w_form(name, ckpt.state_dict), **_factory_kwargs(args, source), **kwargs}
+    kwargs = {**weights_model_kwargs(name, ckpt.state_dict), **_factory_kwargs(args, source), **kwargs}
     if kwargs.get('num_classes') is None and (num_classes is not None or rows is not None):
         kwargs['num_classes'] = int(num_classes) if num_classes is not None else rows
     what = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"

@@ -42,7 +42,7 @@ from timm_astro.layers.checks import check_image_batch, check_img_size, check_in
 from timm_astro.layers.relative_attention import RelativeAttention2d
 from timm_astro.models._factory import astroformer_pretrained_cfg, create_astroformer
 
-__all__ = ['AstroformerFullRes', 'AstroformerFullResCfg', 'w_form_kwargs']
+__all__ = ['AstroformerFullRes', 'AstroformerFullResCfg', 'kwargs_from_weights']
 
 
 @dataclass
@@ -322,9 +322,9 @@ class AstroformerFullRes(nn.Module):
         return x
 
 
-def w_form_kwargs(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """The ``rel_pos_type`` (and ``rel_pos_freqs``) that a full-resolution model's weights were trained with, and
-    its ``stem_width`` / ``transformer_stride`` where they are not the variants' own (32 and 1).
+def kwargs_from_weights(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """The architecture arguments a full-resolution model's weights were trained with: ``rel_pos_type`` (and
+    ``rel_pos_freqs``), and ``stem_width`` / ``transformer_stride`` where they are not the variants' own (32 and 1).
 
     Weights do not name their W form, and the default has changed twice (Fourier with 4 frequencies, the table,
     Fourier with 16): loaders and exports read the form from the weights instead of trusting the current default.
