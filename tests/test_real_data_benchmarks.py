@@ -384,3 +384,43 @@ def test_probe_only_prints_one_step_cost_per_architecture(three_splits, tmp_path
     assert lowdata._step_cost(out['step_cost'][1])[0] == specs[1]
     assert capsys.readouterr().out.split() == out['step_cost']
     assert not list(tmp_path.glob('*.json'))
+
+
+def test_pretrained_classifiers_as_they_are_against_their_fine_tuned_copies(three_splits, tmp_path, monkeypatch):
+    """benchmarks/asis.py: a pretraining's weights are scored with their own classifier (the same predictions as
+    the weights give when built by hand), on the report's splits, and each fine-tuned cell is compared with them over
+    its seeds; a pretraining of other classes is refused."""
+    import timm
+    import asis
+    monkeypatch.setattr(sys, 'argv', ['asis.py'])
+    (tmp_path / 'gz2').mkdir()
+    torch.manual_seed(0)
+    weights = timm.create_model('resnet18', num_classes=3).state_dict()
+    torch.save({'arch': 'resnet18', 'state_dict': weights}, tmp_path / 'gz2' / 'r.pth.tar')
+    tuned = 'resnet18[pretrained_path=gz2/r.pth.tar]@16'
+    _study(three_splits, tmp_path, '--models', tuned, '--shots', '2', '--seeds', '0', '1', '--steps', '2',
+           '--curve-points', '1', '--jobs', '1', '--name', 'ft', '--pretrained-dir', str(tmp_path))
+    argv = ['--data-dir', str(three_splits), '--pretrained-dir', str(tmp_path), '--reports', str(tmp_path / 'ft.json'),
+            '--out-dir', str(tmp_path), '--n-boot', '200']
+    monkeypatch.setattr(sys, 'argv', ['asis.py', *argv, '--name', 'alone'])
+    result = asis.main(argv + ['--name', 'alone'])
+
+    by_hand = timm.create_model('resnet18', num_classes=3)
+    by_hand.load_state_dict(weights)
+    data_config = {'input_size': (3, 16, 16), 'crop_pct': 1.0, 'interpolation': 'bicubic', **lowdata.NORMALISE}
+    expected = lowdata.score(by_hand.eval(), lowdata.eval_data(three_splits, 'test'), data_config,
+                             asis.parse_args(argv), 'test')
+    alone = result['as_is'][tuned]
+    assert alone['test_pred'] == expected['test_pred'] and alone['test_pred_d4'] == expected['test_pred_d4']
+    assert len(alone['validation_pred']) == 6 and alone['model'] == 'resnet18@16'
+    found = {(c['kind'], c['mode']): c for c in result['comparisons']}
+    assert set(found) == {('fine_tuned', 'plain'), ('fine_tuned', 'd4')}
+    assert found[('fine_tuned', 'plain')]['seeds'] == [0, 1] and found[('fine_tuned', 'plain')]['model'] == tuned
+    assert str(tmp_path) not in result['command'] and 'PRETRAINED_DIR' in result['command']
+    assert 'fine-tuned (' in (tmp_path / 'alone.md').read_text()
+
+    torch.save({'arch': 'resnet18', 'state_dict': timm.create_model('resnet18', num_classes=4).state_dict()},
+               tmp_path / 'gz2' / 'r.pth.tar')
+    with pytest.raises(UserError, match='the model predicts 4 classes but the data has 3'):
+        asis.main(argv + ['--name', 'other_classes'])
+    assert not (tmp_path / 'other_classes.json').exists()
