@@ -61,7 +61,8 @@ def as_is(spec: str, data_dir: Path, args: argparse.Namespace) -> Dict[str, Any]
 
 
 def chosen_runs(report: Dict[str, Any], spec: str) -> Dict[str, Dict[int, Dict[str, Any]]]:
-    """{'REGIME k = K': {seed: run}} of the chosen lr of ``spec`` in a report, for the runs scored on test."""
+    """{'REGIME k = K': {seed: run}} of the chosen lr of ``spec`` in a report, for the runs scored on test (a cell of
+    a recipe other than the report's first says which)."""
     out: Dict[str, Dict[int, Dict[str, Any]]] = {}
     for e in report['summary']:
         if e['model'] == spec and e.get('complete'):
@@ -69,7 +70,8 @@ def chosen_runs(report: Dict[str, Any], spec: str) -> Dict[str, Dict[int, Dict[s
                     and r['recipe'] == e['recipe'] and r['shots'] == e['shots'] and r['lr'] == e['lr']
                     and 'test_pred' in r}
             if runs:
-                out[f"{e['regime']} k = {e['shots']}"] = runs
+                recipe = '' if e['recipe'] == next(iter(report['recipes'])) else f", recipe {e['recipe']}"
+                out[f"{e['regime']} k = {e['shots']}{recipe}"] = runs
     return out
 
 
