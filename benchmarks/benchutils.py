@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -74,10 +74,23 @@ def json_dumps_compact(obj: Any, indent: int = 1) -> str:
     return re.sub(rf'"\\u0000{nonce}:(\d+)\\u0000"', lambda m: inline[int(m.group(1))], text)
 
 
-def command_line() -> str:
-    """The command that started this process, as a user would retype it."""
+def command_line(placeholders: Optional[Mapping[Any, str]] = None) -> str:
+    """The command that started this process, as a user would retype it. ``placeholders`` maps folders of this
+    machine to the names a report gives them (``{args.data_dir: 'DATA_DIR'}``): an argument that is one of them, or
+    lies under one, is written with the name instead, so that no report names a path of the machine it ran on."""
+    folders = sorted(((os.path.normpath(str(path)), name) for path, name in (placeholders or {}).items()),
+                     key=lambda item: -len(item[0]))
+
+    def named(arg: str) -> str:
+        for folder, name in folders:
+            if os.path.normpath(arg) == folder:
+                return name
+            if arg.startswith(folder + os.sep):
+                return name + arg[len(folder):]
+        return arg
+
     script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else ''
-    return ' '.join(shlex.quote(a) for a in ['python', script, *sys.argv[1:]])
+    return ' '.join(shlex.quote(a) for a in ['python', script, *map(named, sys.argv[1:])])
 
 
 def _lscpu_field(name: str) -> Optional[str]:

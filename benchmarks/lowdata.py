@@ -198,6 +198,11 @@ def eval_data(root: Path, split: str) -> LabelledData:
     return _EVAL_DATA[str(root), split]
 
 
+def eval_config(size: int, crop_pct: float) -> Dict[str, Any]:
+    """The data config every model of the study is trained and scored with at input ``size``."""
+    return {'input_size': (3, size, size), 'crop_pct': crop_pct, 'interpolation': 'bicubic', **NORMALISE}
+
+
 def score(model: torch.nn.Module, data: LabelledData, data_config: Dict[str, Any], args: argparse.Namespace,
           split: str) -> Dict[str, Any]:
     """Top-1, balanced accuracy and the predicted class of every image, plain and with D4 averaging."""
@@ -295,7 +300,7 @@ def run_inputs(key: Key, recipe: Dict[str, Any], data_root: Path, args: argparse
     dataset.reader.samples = [dataset.reader.samples[i] for i in
                               few_shot_indices(by_class, None if shots == 'all' else int(shots), seed)]
     model, size = build_model(spec, len(by_class), recipe, seed, args.pretrained_dir)
-    data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
+    data_config = eval_config(size, args.crop_pct)
     targs = train_args({**recipe, 'lr': lr, 'seed': seed, 'sched_on_updates': True})
     return dataset, model, data_config, targs, len(by_class)
 
@@ -376,7 +381,7 @@ def test_run(key: Key, recipe: Dict[str, Any], num_classes: int, data_root: Path
     spec = key[2]
     model, size = build_model(spec, num_classes, recipe, key[4], load_pretrained=False)
     model.load_state_dict(torch.load(weights, map_location='cpu'))
-    data_config = {'input_size': (3, size, size), 'crop_pct': args.crop_pct, 'interpolation': 'bicubic', **NORMALISE}
+    data_config = eval_config(size, args.crop_pct)
     out = score(model.eval(), eval_data(data_root, 'test'), data_config, args, 'test')
     weights.unlink()
     return out
@@ -483,6 +488,16 @@ def _versus_on_test(runs: Dict[int, Dict[str, Any]], other: Dict[int, Dict[str, 
     return out
 
 
+def chosen_runs(report: Dict[str, Any]) -> Dict[Cell, Dict[int, Dict[str, Any]]]:
+    """The runs of each complete cell's chosen lr, ``{cell: {seed: run}}``."""
+    chosen: Dict[Cell, Dict[int, Dict[str, Any]]] = {}
+    for e in report['summary']:
+        if e.get('complete'):
+            cell = (e['regime'], e['recipe'], e['model'], e['shots'])
+            chosen[cell] = {r['seed']: r for r in report['runs'] if cell_of(r) == cell and r['lr'] == e['lr']}
+    return chosen
+
+
 def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
     """Every difference the report states, each with its paired bootstrap 95% interval over test images and seeds,
     plain and D4 apart: each model against the best of the other side with the same pretraining (best peer for an
@@ -490,11 +505,7 @@ def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
     against itself from scratch and against the same architecture's earlier-listed pretrainings; a model under a
     later recipe against the first recipe; and D4 minus plain per model, on validation and on test."""
     labels = report['settings']['labels']
-    chosen: Dict[Cell, Dict[int, Dict[str, Any]]] = {}
-    for e in report['summary']:
-        if e.get('complete'):
-            cell = (e['regime'], e['recipe'], e['model'], e['shots'])
-            chosen[cell] = {r['seed']: r for r in report['runs'] if cell_of(r) == cell and r['lr'] == e['lr']}
+    chosen = chosen_runs(report)
     out = []
     for group in dict.fromkeys(cell[:2] + cell[3:] for cell in chosen):
         models = {cell[2]: runs for cell, runs in chosen.items() if cell[:2] + cell[3:] == group}
@@ -859,6 +870,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     data_root = synthetic_data(args.cache_dir) if args.data_dir == 'synthetic' else Path(args.data_dir)
+    # the report names these folders by what they are, never by where they lie on the machine it ran on
+    placeholders = {args.cache_dir: 'CACHE_DIR', **({} if args.data_dir == 'synthetic' else {data_root: 'DATA_DIR'}),
+                    **({args.pretrained_dir: 'PRETRAINED_DIR'} if args.pretrained_dir else {})}
     base = dict(LOWDATA_GALAXY_RECIPE)
     if args.recipe:
         base = yaml.safe_load(Path(args.recipe).read_text())
@@ -942,9 +956,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     def write_report(final: bool = False) -> Dict[str, Any]:
         report = {
-            'command': command_line(), 'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)),
+            'command': command_line(placeholders), 'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)),
             'wall_time_s': earlier_wall_s + time.time() - started, 'machine': machine,
-            'settings': {'format': FORMAT, 'data': str(data_root), 'data_name': data_name,
+            'settings': {'format': FORMAT, 'data': 'synthetic' if args.data_dir == 'synthetic' else 'DATA_DIR',
+                         'data_name': data_name,
                          'num_classes': len(by_class), 'train_size': len(train_full),
                          'eval_sizes': {k: len(v) for k, v in labels.items()}, 'shots': args.shots,
                          'shot_counts': shot_counts, 'seeds': seeds, 'regimes': regimes,

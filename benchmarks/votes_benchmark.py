@@ -371,7 +371,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     statistics.mean(r['test_mae_by_question'][q] for r in members) for q in members[0][
                         'test_mae_by_question']}
         report = {
-            'command': command_line().replace(str(args.data_dir), 'DATA_DIR'),  # no path of this machine
+            'command': command_line({args.data_dir: 'DATA_DIR'}),  # no path of this machine
             'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)),
             'wall_time_s': time.time() - started, 'machine': machine,
             'settings': {'format': FORMAT, 'data': data_root.name,

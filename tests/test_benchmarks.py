@@ -318,3 +318,17 @@ def test_holdout_pool_keeps_the_pretraining_off_the_pool_and_the_test_split(tmp_
                           capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV)
     assert proc.returncode != 0 and 'have no more training images' in proc.stderr
     assert not (tmp_path / 'p2').exists()
+
+
+def test_reports_name_folders_by_placeholder_not_by_the_machines_path(monkeypatch, tmp_path):
+    """benchutils.command_line: an argument that is a given folder, or lies under it, is written with the folder's
+    name (the longest folder first); other arguments, and names that merely start with the same letters, stay."""
+    import benchutils
+    data, inner = tmp_path / 'gz2', tmp_path / 'gz2' / 'pre'
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py', '--data-dir', f'{data}/', '--pretrained-dir', str(inner),
+                                      '--models', f'resnet18[pretrained_path={inner}/r.pt]@64', str(inner / 'r.pt'),
+                                      f'{data}pool_k30.json', '--name', 'gz2'])
+    line = benchutils.command_line({data: 'DATA_DIR', inner: 'PRETRAINED_DIR'})
+    assert line.split()[2:] == ['--data-dir', 'DATA_DIR', '--pretrained-dir', 'PRETRAINED_DIR', '--models',
+                                f"'resnet18[pretrained_path={inner}/r.pt]@64'", 'PRETRAINED_DIR/r.pt',
+                                f'{data}pool_k30.json', '--name', 'gz2']

@@ -34,7 +34,7 @@ def three_splits(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     for split, count in (('train', 6), ('validation', 2), ('test', 3)):
         for label in range(3):
-            folder = root / split / f'{label}_class'
+            folder = root / split / f"{label}_{('round', 'edge_on', 'spiral')[label]}"
             folder.mkdir(parents=True)
             for i in range(count):
                 Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f'{i}.png')
@@ -387,17 +387,24 @@ def test_probe_only_prints_one_step_cost_per_architecture(three_splits, tmp_path
 
 
 def test_pretrained_classifiers_as_they_are_against_their_fine_tuned_copies(three_splits, tmp_path, monkeypatch):
-    """benchmarks/asis.py: a pretraining's weights are scored with their own classifier (the same predictions as
-    the weights give when built by hand), on the report's splits, and each fine-tuned cell is compared with them over
-    its seeds; a pretraining of other classes is refused."""
+    """benchmarks/asis.py: a pretraining's weights are scored with their own classifier (the predictions the weights
+    give when built by hand, not a fresh head's), on the report's splits, and each fine-tuned cell is compared with
+    them over its seeds, image by image; weights of other classes, or of the same classes in another order, are
+    refused before anything is written."""
+    import argparse
     import timm
     import asis
-    monkeypatch.setattr(sys, 'argv', ['asis.py'])
     (tmp_path / 'gz2').mkdir()
-    torch.manual_seed(0)
-    weights = timm.create_model('resnet18', num_classes=3).state_dict()
-    torch.save({'arch': 'resnet18', 'state_dict': weights}, tmp_path / 'gz2' / 'r.pth.tar')
+    torch.manual_seed(7)
+    pretrained = timm.create_model('resnet18', num_classes=3)
+    with torch.no_grad():
+        pretrained.fc.bias += torch.tensor([0.0, 3.0, -3.0])  # a head no fresh initialisation gives
+    weights = pretrained.state_dict()
+    names = ['0_round', '1_edge_on', '2_spiral']
+    torch.save({'arch': 'resnet18', 'state_dict': weights, 'args': argparse.Namespace(label_names=names)},
+               tmp_path / 'gz2' / 'r.pth.tar')
     tuned = 'resnet18[pretrained_path=gz2/r.pth.tar]@16'
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
     _study(three_splits, tmp_path, '--models', tuned, '--shots', '2', '--seeds', '0', '1', '--steps', '2',
            '--curve-points', '1', '--jobs', '1', '--name', 'ft', '--pretrained-dir', str(tmp_path))
     argv = ['--data-dir', str(three_splits), '--pretrained-dir', str(tmp_path), '--reports', str(tmp_path / 'ft.json'),
@@ -405,22 +412,33 @@ def test_pretrained_classifiers_as_they_are_against_their_fine_tuned_copies(thre
     monkeypatch.setattr(sys, 'argv', ['asis.py', *argv, '--name', 'alone'])
     result = asis.main(argv + ['--name', 'alone'])
 
-    by_hand = timm.create_model('resnet18', num_classes=3)
-    by_hand.load_state_dict(weights)
-    data_config = {'input_size': (3, 16, 16), 'crop_pct': 1.0, 'interpolation': 'bicubic', **lowdata.NORMALISE}
-    expected = lowdata.score(by_hand.eval(), lowdata.eval_data(three_splits, 'test'), data_config,
-                             asis.parse_args(argv), 'test')
+    test = lowdata.eval_data(three_splits, 'test')
+    config = lowdata.eval_config(16, 1.0)
+
+    def predictions(model):
+        return lowdata.score(model.eval(), test, config, asis.parse_args(argv), 'test')
+
+    expected = predictions(pretrained)
     alone = result['as_is'][tuned]
     assert alone['test_pred'] == expected['test_pred'] and alone['test_pred_d4'] == expected['test_pred_d4']
-    assert len(alone['validation_pred']) == 6 and alone['model'] == 'resnet18@16'
+    assert alone['test_pred'] != predictions(lowdata.build_model(tuned, 3, {}, 0, tmp_path)[0])['test_pred']
+    assert len(alone['validation_pred']) == 6 and alone['class_names_checked']
     found = {(c['kind'], c['mode']): c for c in result['comparisons']}
     assert set(found) == {('fine_tuned', 'plain'), ('fine_tuned', 'd4')}
-    assert found[('fine_tuned', 'plain')]['seeds'] == [0, 1] and found[('fine_tuned', 'plain')]['model'] == tuned
-    assert str(tmp_path) not in result['command'] and 'PRETRAINED_DIR' in result['command']
-    assert 'fine-tuned (' in (tmp_path / 'alone.md').read_text()
+    plain = found[('fine_tuned', 'plain')]
+    assert plain['seeds'] == [0, 1] and plain['model'] == tuned and plain['report'] == 'ft.json'
+    tuned_runs = [r for r in json.loads((tmp_path / 'ft.json').read_text())['runs'] if 'test_top1' in r]
+    assert plain['mean'] == pytest.approx(np.mean([r['test_top1'] for r in tuned_runs]) - alone['test_top1'],
+                                          abs=0.01)  # paired image by image with the report's labels
+    assert str(tmp_path) not in result['command'] and '--pretrained-dir PRETRAINED_DIR' in result['command']
+    assert 'fine-tuned (ft.json' in (tmp_path / 'alone.md').read_text()
 
+    torch.save({'arch': 'resnet18', 'state_dict': weights, 'args': argparse.Namespace(label_names=names[::-1])},
+               tmp_path / 'gz2' / 'r.pth.tar')
+    with pytest.raises(SystemExit, match="its classes are not the data's"):
+        asis.main(argv + ['--name', 'other_order'])
     torch.save({'arch': 'resnet18', 'state_dict': timm.create_model('resnet18', num_classes=4).state_dict()},
                tmp_path / 'gz2' / 'r.pth.tar')
     with pytest.raises(UserError, match='the model predicts 4 classes but the data has 3'):
         asis.main(argv + ['--name', 'other_classes'])
-    assert not (tmp_path / 'other_classes.json').exists()
+    assert not any((tmp_path / f'{n}.json').exists() for n in ('other_order', 'other_classes'))
