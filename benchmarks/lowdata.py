@@ -561,6 +561,8 @@ def _mean(entry: Dict[str, Any], metric: str, digits: int = 1) -> str:
 def render_markdown(report: Dict[str, Any]) -> str:
     s, m = report['settings'], report['machine']
     recipe_text = ', '.join(f'{k} {v}' for k, v in s['recipe'].items() if k not in ('epochs', 'warmup_epochs'))
+    lr_source = ('each model\'s grid (' + '; '.join(f'`{m}` {g}' for m, g in s['lr_grid_by_model'].items()) + ')'
+                 if s.get('lr_grid_by_model') else f"the grid {s['lr_grid']}" if s['lr_grid'] else 'the recipe')
     sizes = s['eval_sizes']
     lines = [
         f"# Low-data accuracy: {s['data_name']}\n",
@@ -570,7 +572,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"Protocol: seeds {s['seeds']} (a seed fixes the k-image subset, the initialisation and the augmentation); "
         f"recipe (train.py keys) {recipe_text}; warm-up {s['warmup_fraction']:.0%} of a run's steps (at least "
         f"{s['warmup_min_steps']}), then cosine, counted in steps; lr chosen per model, k and regime from "
-        f"{'the grid ' + str(s['lr_grid']) if s['lr_grid'] else 'the recipe'} by {s['lr_rule']}; only the chosen "
+        f"{lr_source} by {s['lr_rule']}; only the chosen "
         f"lr is scored on test, so its validation top-1 is optimistic (it chose the lr) and only test is unbiased. "
         + (f"Steps per run: the budget over CPU-seconds per step measured beforehand, not probed in the run ("
            + ', '.join(f'`{m}` {c:g}' for m, c in s['step_cost'].items()) + '); a run may use more or fewer '
@@ -917,6 +919,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if any(theirs[split] is not None and theirs[split] != labels[split] for split in labels):
             raise SystemExit(f"{report['command']}: its runs were scored on other validation/test images than "
                              f"{data_root}'s: runs are paired image by image, so they cannot be reported together")
+    model_grids: Dict[str, set] = {}
     if args.report_only:
         if not runs:
             raise SystemExit('--report-only reports earlier runs: give --merge FILES (or --resume with --name)')
@@ -930,8 +933,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if any(grid is None for grid in grids) and not all(grid is None for grid in grids):
             raise SystemExit("--report-only: some runs chose their lr from a grid, some took the recipe's: report "
                              "them apart")
-        # parts of one grid, run apart, are one grid
+        # parts of one grid, run apart, are one grid; a model's grid is that of the parts that ran it
         args.lr_grid = None if grids[0] is None else sorted(set().union(*grids))
+        for report in reported:
+            for spec in {r['model'] for r in report['runs']}:
+                model_grids.setdefault(spec, set()).update(report['settings']['lr_grid'] or [])
+        if len({tuple(sorted(g)) for g in model_grids.values()}) < 2:
+            model_grids.clear()  # one grid for every model: said once
         first = reported[0]['settings']
         args.warmup_fraction, args.warmup_min_steps = first['warmup_fraction'], first['warmup_min_steps']
         args.extend_grid = max(report['settings']['extend_grid'] for report in reported)
@@ -948,11 +956,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     cells: List[Cell] = [(regime_id, recipe_id, spec, shots) for regime_id in regimes for shots in args.shots
                          for recipe_id in recipes for spec in args.models]
 
-    def base_grid(recipe_id: str) -> List[float]:
-        return list(args.lr_grid) if args.lr_grid else [float(recipes[recipe_id]['lr'])]
+    def base_grid(cell: Cell) -> List[float]:
+        if cell[2] in model_grids:
+            return sorted(model_grids[cell[2]])
+        return list(args.lr_grid) if args.lr_grid else [float(recipes[cell[1]]['lr'])]
 
     def decisions() -> Dict[Cell, Dict[str, Any]]:
-        return {cell: decide(runs, cell, seeds, base_grid(cell[1]), args.extend_grid) for cell in cells}
+        return {cell: decide(runs, cell, seeds, base_grid(cell), args.extend_grid) for cell in cells}
 
     def write_report(final: bool = False) -> Dict[str, Any]:
         report = {
@@ -963,7 +973,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                          'num_classes': len(by_class), 'train_size': len(train_full),
                          'eval_sizes': {k: len(v) for k, v in labels.items()}, 'shots': args.shots,
                          'shot_counts': shot_counts, 'seeds': seeds, 'regimes': regimes,
-                         'lr_grid': args.lr_grid, 'extend_grid': args.extend_grid, 'lr_rule': LR_RULE,
+                         'lr_grid': args.lr_grid,
+                         **({'lr_grid_by_model': {m: sorted(g) for m, g in model_grids.items()}} if model_grids
+                            else {}),
+                         'extend_grid': args.extend_grid, 'lr_rule': LR_RULE,
                          'warmup_fraction': args.warmup_fraction, 'warmup_min_steps': args.warmup_min_steps,
                          'probe_steps': args.probe_steps, 'step_cost': dict(args.step_cost),
                          'curve_points': args.curve_points, 'n_boot': args.n_boot,

@@ -258,6 +258,22 @@ def test_lr_search_on_validation_in_two_parts_merged(three_splits, tmp_path, mon
     assert not any(c['split'] == 'test' for c in merged['comparisons'])
 
 
+def test_parts_of_different_models_keep_each_models_own_lr_grid(three_splits, tmp_path, monkeypatch):
+    """Two parts, each a model with its own grid (a pretrained model searched lower): merged, each model chooses
+    from its own grid, not from the union (where it would lack runs and never be complete), and the report says so."""
+    monkeypatch.setattr(sys, 'argv', ['lowdata.py'])
+    common = ['--shots', '2', '--seeds', '0', '--steps', '1', '--eval-splits', 'validation', '--no-plot', '--jobs', '1']
+    _study(three_splits, tmp_path, *common, '--models', 'resnet18@16', '--lr-grid', '1e-3', '3e-3', '--name', 'a')
+    _study(three_splits, tmp_path, *common, '--models', 'resnet18@24', '--lr-grid', '3e-4', '1e-3', '--name', 'b')
+    merged = _study(three_splits, tmp_path, *common, '--name', 'ab', '--report-only',
+                    '--merge', str(tmp_path / 'a.json'), str(tmp_path / 'b.json'))
+    assert all(e['complete'] for e in merged['summary'])
+    assert {e['model']: e['lr_grid'] for e in merged['summary']} == {'resnet18@16': [1e-3, 3e-3],
+                                                                      'resnet18@24': [3e-4, 1e-3]}
+    assert merged['settings']['lr_grid_by_model'] == {'resnet18@16': [1e-3, 3e-3], 'resnet18@24': [3e-4, 1e-3]}
+    assert "each model's grid (`resnet18@16` [0.001, 0.003]" in (tmp_path / 'ab.md').read_text()
+
+
 def test_budget_from_a_step_cost_measured_beforehand(three_splits, tmp_path, monkeypatch):
     """--step-cost: the budget regime takes a model's CPU-seconds per step as given (pretrained or not) instead of
     probing it beside other jobs; the report says so; a malformed cost is refused."""
