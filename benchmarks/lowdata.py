@@ -561,7 +561,8 @@ def _mean(entry: Dict[str, Any], metric: str, digits: int = 1) -> str:
 def render_markdown(report: Dict[str, Any]) -> str:
     s, m = report['settings'], report['machine']
     recipe_text = ', '.join(f'{k} {v}' for k, v in s['recipe'].items() if k not in ('epochs', 'warmup_epochs'))
-    lr_source = ('each model\'s grid (' + '; '.join(f'`{m}` {g}' for m, g in s['lr_grid_by_model'].items()) + ')'
+    lr_source = ('each model\'s grid (' + '; '.join(f'`{spec}` {grid}' for spec, grid in s['lr_grid_by_model'].items())
+                 + ')'
                  if s.get('lr_grid_by_model') else f"the grid {s['lr_grid']}" if s['lr_grid'] else 'the recipe')
     sizes = s['eval_sizes']
     lines = [
