@@ -38,7 +38,7 @@ from timm_astro.loading import load_model  # noqa: E402
 from benchutils import (  # noqa: E402
     command_line, json_dumps_compact, machine_info, markdown_table, write_text_atomic)
 from lowdata import (  # noqa: E402
-    _interval, _versus_on_test, chosen_runs, eval_config, eval_data, load_report, parse_model, pretrained_file,
+    interval_text, versus_on_test, chosen_runs, eval_config, eval_data, load_report, parse_model, pretrained_file,
     pretraining_of, regime_title, score)
 
 SPLITS = ('validation', 'test')
@@ -89,7 +89,7 @@ def compare(reports: Dict[str, Dict[str, Any]], scored: Dict[str, Dict[str, Any]
                                  f'{summary["seeds"]}; expected every chosen run scored on test')
             cell = (f"{regime_title(report['settings']['regimes'][regime])}, k = {shots}"
                     + ('' if recipe == first_recipe else f', recipe {recipe}'))
-            out += _versus_on_test(runs, {s: scored[spec] for s in runs}, labels, n_boot, kind='fine_tuned',
+            out += versus_on_test(runs, {s: scored[spec] for s in runs}, labels, n_boot, kind='fine_tuned',
                                    model=spec, reference=f'{spec}, as it is', report=file, cell=cell)
     return out
 
@@ -104,7 +104,7 @@ def render_markdown(result: Dict[str, Any]) -> str:
         what = (f"`{c['model']}` minus `{c['reference']}`, both as they are" if c['kind'] == 'as_is' else
                 f"`{c['model']}` fine-tuned ({c['report']}: {c['cell']}; seeds {c['seeds']}) minus the same "
                 f"pretraining as it is")
-        pairs.setdefault(what, {})[c['mode']] = _interval(c)
+        pairs.setdefault(what, {})[c['mode']] = interval_text(c)
     settings = result['settings']
     lines = [
         '# The pretrained classifiers used as they are\n',

@@ -474,7 +474,7 @@ def _is_astroformer(spec: str) -> bool:
     return spec.startswith('astroformer')
 
 
-def _versus_on_test(runs: Dict[int, Dict[str, Any]], other: Dict[int, Dict[str, Any]], labels: List[int],
+def versus_on_test(runs: Dict[int, Dict[str, Any]], other: Dict[int, Dict[str, Any]], labels: List[int],
                     n_boot: int, modes: Sequence[str] = ('', '_d4'), **what: Any) -> List[Dict[str, Any]]:
     """``runs`` minus ``other`` (both {seed: run}) on test, paired over the seeds both have scored and the test
     images, for each of ``modes`` ('' plain, '_d4' D4-averaged; none when no seed has both)."""
@@ -527,27 +527,27 @@ def comparisons(report: Dict[str, Any], n_boot: int) -> List[Dict[str, Any]]:
             for mode in ('', '_d4') if others else ():
                 val = {m: statistics.mean(r[f'validation_top1{mode}'] for r in models[m].values()) for m in others}
                 reference = max(others, key=lambda m: val[m])
-                out += _versus_on_test(runs, models[reference], labels.get('test', []), n_boot, [mode], **where,
+                out += versus_on_test(runs, models[reference], labels.get('test', []), n_boot, [mode], **where,
                                        kind='versus', model=model, reference=reference)
             if pretraining_of(model) and scratch_spec(model) in models:  # what the pretraining gave
-                out += _versus_on_test(runs, models[scratch_spec(model)], labels.get('test', []), n_boot, **where,
+                out += versus_on_test(runs, models[scratch_spec(model)], labels.get('test', []), n_boot, **where,
                                        kind='pretraining', model=model, reference=scratch_spec(model))
             # one pretraining against another of the same architecture (labels against votes, say)
             order = list(models)
             for other in order[:order.index(model)]:
                 if pretraining_of(other) and pretraining_of(model) and scratch_spec(other) == scratch_spec(model):
-                    out += _versus_on_test(runs, models[other], labels.get('test', []), n_boot, **where,
+                    out += versus_on_test(runs, models[other], labels.get('test', []), n_boot, **where,
                                            kind='pretraining_vs', model=model, reference=other)
     first = next(iter(report['recipes']))
     for (regime, recipe, model, shots), runs in chosen.items():  # what a recipe changed: the first recipe's runs
         if recipe != first and (regime, first, model, shots) in chosen:
-            out += _versus_on_test(runs, chosen[(regime, first, model, shots)], labels.get('test', []), n_boot,
+            out += versus_on_test(runs, chosen[(regime, first, model, shots)], labels.get('test', []), n_boot,
                                    regime=regime, recipe=recipe, shots=shots, kind='recipe', model=model,
                                    reference=first)
     return out
 
 
-def _interval(c: Optional[Dict[str, Any]]) -> str:
+def interval_text(c: Optional[Dict[str, Any]]) -> str:
     if c is None:
         return '—'
     text = f"{c['mean']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}]"
@@ -631,10 +631,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
                                  steps, fmt_num(e['train_cpu_s']['mean']),
                                  f"{_mean(e, 'validation_top1')} / {_mean(e, 'validation_top1_d4')}",
                                  f"{_mean(e, 'test_top1')} / {_mean(e, 'test_top1_d4')}"]
-                                + [_interval(found.get((*where, mode, 'versus', 'test'))) + (
+                                + [interval_text(found.get((*where, mode, 'versus', 'test'))) + (
                                     f" vs `{found[(*where, mode, 'versus', 'test')]['reference']}`"
                                     if (*where, mode, 'versus', 'test') in found else '') for mode in ('plain', 'd4')])
-                    d4_rows.append([f"`{e['model']}`"] + [_interval(found.get((*where, None, 'd4_effect', split)))
+                    d4_rows.append([f"`{e['model']}`"] + [interval_text(found.get((*where, None, 'd4_effect', split)))
                                                           for split in ('validation', 'test')])
                 count = s['shot_counts'][shots]
                 which = 'the whole training split' if shots == 'all' else f'{count} per class'
@@ -654,7 +654,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
                                      f"model (test, points, [95%]):\n")
                         lines.append(markdown_table(
                             ['model', 'plain', 'D4'],
-                            [[f'`{model}`'] + [_interval(found[(regime_id, recipe, shots, model, mode, 'recipe',
+                            [[f'`{model}`'] + [interval_text(found[(regime_id, recipe, shots, model, mode, 'recipe',
                                                                 'test')]) for mode in ('plain', 'd4')]
                              for model in sorted(changed)]))
                 between = [c for c in report.get('comparisons', []) if c['kind'] == 'pretraining_vs'
@@ -664,7 +664,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
                     lines.append(markdown_table(
                         ['model', 'minus', 'plain', 'D4'],
                         [[f"`{c['model']}`", f"`{c['reference']}`",
-                          _interval(c), _interval(next(d for d in between if d['model'] == c['model']
+                          interval_text(c), interval_text(next(d for d in between if d['model'] == c['model']
                                                        and d['reference'] == c['reference'] and d['mode'] == 'd4'))]
                          for c in between if c['mode'] == 'plain']))
                 if pretrained:
@@ -672,7 +672,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
                     lines.append(markdown_table(
                         ['model', 'from scratch', 'plain', 'D4'],
                         [[f'`{model}`', f'`{scratch_spec(model)}`']
-                         + [_interval(found[(regime_id, recipe, shots, model, mode, 'pretraining', 'test')])
+                         + [interval_text(found[(regime_id, recipe, shots, model, mode, 'pretraining', 'test')])
                             for mode in ('plain', 'd4')] for model in sorted(pretrained)]))
     lines.append('## Validation top-1 (plain, mean over seeds) by lr\n')
     rows = []
